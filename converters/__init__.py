@@ -1,0 +1,1 @@
+"""Weight converters: PyTorch, Caffe, MatConvNet and I3D weights into Flax variables."""

@@ -1,0 +1,43 @@
+"""Default hyper-parameters (the paper's), as an `ml_collections.ConfigDict`.
+
+Experiment configs in `configs/` start from `default_config()` and change what
+they need. Every field is documented here once.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from stviz_jax import regularizers
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = "tiny_two_stream"     # registry name (stviz_jax.models.names()).
+  c.weights = ""                  # converted weights (orbax dir) for the model; "" = default.
+  c.layer = "fusion"              # tap to visualise.
+  # Units: "all", "0-7", "1,4,9", or class names for the logits ("playing chess;yoga").
+  c.units = "0-3"
+  c.seed = 0                      # unit u starts from fold_in(PRNGKey(seed), u).
+  c.steps = 200                   # Adam steps per unit.
+  c.chunk_size = 0                # units optimised together (vmapped); 0 = all.
+  c.init_scale = 0.5              # initial noise: per-pixel RMS norm = init_scale * V.
+  c.jitter = True                 # random spatial shift in [0, jitter_fraction * stride_l).
+  c.redirect_relu_steps = 0       # steps with redirected ReLU gradients (0 = off).
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=0.05,         # in units of the bound B (inputs are optimised as x / B).
+      schedule="cosine",          # cosine | exponential | constant.
+      final_fraction=0.05,        # learning rate at the last step / learning_rate.
+      b1=0.9, b2=0.999,
+  ))
+  c.objective = ml_collections.ConfigDict(dict(
+      kind="channel",             # channel | neuron | class_logit.
+      a_hat=1.0,                  # max activation on validation data; 1 = none given.
+  ))
+  # Paper: B = 160, alpha = 3, V = B / 6.5 (8-bit pixel units); flow TV x10.
+  c.regularizer = regularizers.paper_preset()
+  # Temporal regularisation settings of the flow stream to run (kappa fixed),
+  # each a full result; empty = just regularizer.flow.gamma.
+  c.gammas = ()
+  return c

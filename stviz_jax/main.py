@@ -1,0 +1,26 @@
+r"""Command line: `python -m stviz_jax.main --config=configs/<exp>.py --workdir=DIR`.
+
+Any config field can be overridden, e.g. `--config.steps=50 --config.units=0-15`;
+a misspelt field fails with the list of valid ones (`lock_config=True`).
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from stviz_jax import job
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory receiving all outputs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.INFO)
+  job.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,288 @@
+"""Activation maximisation with optax: Adam, jitter, projection, scan, vmap.
+
+For each unit c the optimised variable is z = x / B per stream (so the
+learning rate is unitless and the bound is ||z(i,j,k,:)|| <= 1). Each step:
+
+  1. draw a spatial offset (dy, dx) in [0, J)^2, J = jitter_fraction * stride_l,
+     the same for every stream so appearance and motion stay aligned;
+  2. feed the (H, W) window of the (H + J - 1, W + J - 1) variable at that offset;
+  3. ascend E(x) = activation - penalties with optax.adam and a decreasing
+     learning rate;
+  4. project every pixel back onto the B-ball.
+
+Steps run in `lax.scan`, units in `jax.vmap`; one compiled function serves
+every chunk of a sweep (units and kappa/gamma are traced arguments).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from typing import Any, Mapping, Sequence
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from stviz_jax import objective as objective_lib
+from stviz_jax import regularizers
+from stviz_jax.models import Model, layers as layers_lib
+
+
+@dataclasses.dataclass
+class Result:
+  """Optimised inputs of a set of units of one layer.
+
+  Attributes:
+    layer: the visualised layer.
+    units: `(U,)` unit indices.
+    inputs: stream -> `(U, T, H, W, C)` optimised inputs, in model input units.
+    activations: `(U,)` the normalised target term at the end (centre crop).
+    history: name -> `(U, steps)`: 'objective', 'activation' per step.
+    a_hat_given: whether a_hat came from validation data (else 1).
+    seed: the seed.
+    settings: regularisation values used, e.g. {'flow': (kappa, gamma)}.
+  """
+
+  layer: str
+  units: np.ndarray
+  inputs: dict[str, np.ndarray]
+  activations: np.ndarray
+  history: dict[str, np.ndarray]
+  a_hat_given: bool
+  seed: int
+  settings: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+
+  def save(self, path: str, config: ml_collections.ConfigDict | None = None) -> None:
+    """Writes an `.npz` atomically (temporary name, then rename)."""
+    arrays = {f"inputs_{k}": v for k, v in self.inputs.items()}
+    arrays.update({f"history_{k}": v for k, v in self.history.items()})
+    meta = dict(layer=self.layer, a_hat_given=self.a_hat_given, seed=self.seed,
+                settings=self.settings,
+                config=json.loads(config.to_json()) if config is not None else None)
+    arrays.update(units=self.units, activations=self.activations,
+                  meta=np.asarray(json.dumps(meta)))
+    _atomic_savez(path, arrays)
+
+  @classmethod
+  def load(cls, path: str) -> "Result":
+    with np.load(path) as f:
+      meta = json.loads(str(f["meta"]))
+      return cls(layer=meta["layer"], units=f["units"],
+                 inputs={k[7:]: f[k] for k in f.files if k.startswith("inputs_")},
+                 activations=f["activations"],
+                 history={k[8:]: f[k] for k in f.files if k.startswith("history_")},
+                 a_hat_given=meta["a_hat_given"], seed=meta["seed"],
+                 settings={k: tuple(v) for k, v in meta["settings"].items()})
+
+
+def _atomic_savez(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+  d = os.path.dirname(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=d, suffix=".npz.tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _schedule(opt: ml_collections.ConfigDict, steps: int):
+  lr, end = opt.learning_rate, opt.final_fraction
+  if opt.schedule == "cosine":
+    return optax.cosine_decay_schedule(lr, max(steps, 1), alpha=end)
+  if opt.schedule == "exponential":
+    return optax.exponential_decay(lr, max(steps, 1), decay_rate=end)
+  if opt.schedule == "constant":
+    return optax.constant_schedule(lr)
+  raise ValueError(f"unknown optimizer.schedule {opt.schedule!r}; "
+                   "valid: cosine, exponential, constant")
+
+
+def build_target(model: Model, layer: str,
+                 cfg: ml_collections.ConfigDict) -> objective_lib.Objective:
+  """The activation term named by `cfg.kind` for `layer`."""
+  kind = cfg.kind
+  if kind == "channel":
+    rho, _ = model.spec.receptive_field(layer)
+    return objective_lib.channel(layer, rho=rho, a_hat=cfg.a_hat)
+  if kind == "neuron":
+    return objective_lib.neuron(layer, a_hat=cfg.a_hat)
+  if kind == "class_logit":
+    return objective_lib.class_logit(a_hat=cfg.a_hat)
+  raise ValueError(f"unknown objective.kind {kind!r}; valid: channel, neuron, class_logit")
+
+
+class Visualizer:
+  """Compiles the optimisation of a chunk of units of one layer once.
+
+  `run(units, seed, tv)` may be called with any units and any kappa/gamma
+  values without recompiling; `trace_count` counts compilations (tests and
+  sweeps assert it stays 1).
+  """
+
+  def __init__(self, model: Model, layer: str, config: ml_collections.ConfigDict,
+               target: objective_lib.Objective | None = None):
+    model.spec.check_layer(layer)
+    self.model, self.layer, self.config = model, layer, config
+    self.target = target or build_target(model, layer, config.objective)
+    self.streams = model.spec.streams
+    self.weights = {
+        s: regularizers.stream_weights(config.regularizer, s, spec.pixel_scale)
+        for s, spec in self.streams.items()}
+    _, stride = model.spec.receptive_field(layer)
+    frac = config.regularizer.jitter_fraction
+    self.jitter = max(1, int(round(stride * frac))) if config.jitter else 1
+    self.terms = objective_lib.regularized(model.apply, self.target, self.weights)
+    self.trace_count = 0
+    self._run = jax.jit(self._run_chunk)
+
+  def default_tv(self) -> dict[str, tuple[float, float]]:
+    return {s: (w.kappa, w.gamma) for s, w in self.weights.items()}
+
+  # --- the traced computation -------------------------------------------------
+
+  def _init(self, key) -> dict[str, jax.Array]:
+    """Mahendran & Vedaldi: Gaussian noise rescaled to a fixed norm (here RMS per pixel = V)."""
+    z = {}
+    pad = self.jitter - 1
+    for i, (s, spec) in enumerate(sorted(self.streams.items())):
+      shape = (spec.frames, spec.height + pad, spec.width + pad, spec.channels)
+      g = jax.random.normal(jax.random.fold_in(key, i), shape)
+      rms = jnp.sqrt(jnp.mean(jnp.sum(g * g, axis=-1)))
+      w = self.weights[s]
+      z[s] = g / rms * (self.config.init_scale * w.v / w.bound)
+    return z
+
+  def _crop(self, z, dy, dx):
+    out = {}
+    for s, spec in self.streams.items():
+      x = z[s] * self.weights[s].bound
+      out[s] = jax.lax.dynamic_slice(
+          x, (0, dy, dx, 0), (spec.frames, spec.height, spec.width, spec.channels))
+    return out
+
+  def _single(self, variables, unit, key, tv):
+    cfg = self.config
+    steps = cfg.steps
+    tx = optax.adam(_schedule(cfg.optimizer, steps), b1=cfg.optimizer.b1,
+                    b2=cfg.optimizer.b2)
+    k_init, k_jit = jax.random.split(key)
+    z = self._init(k_init)
+    opt_state = tx.init(z)
+    redirect_steps = cfg.redirect_relu_steps
+
+    def loss(z, dy, dx, step):
+      x = self._crop(z, dy, dx)
+      if redirect_steps > 0:
+        with layers_lib.redirected_relu(step < redirect_steps):
+          t = self.terms(variables, x, unit, tv)
+      else:
+        t = self.terms(variables, x, unit, tv)
+      return -t["objective"], t
+
+    def step_fn(carry, step):
+      z, opt_state = carry
+      dy, dx = jax.random.randint(jax.random.fold_in(k_jit, step), (2,), 0, self.jitter)
+      grads, t = jax.grad(loss, has_aux=True)(z, dy, dx, step)
+      updates, opt_state = tx.update(grads, opt_state, z)
+      z = optax.apply_updates(z, updates)
+      z = jax.tree.map(lambda v: regularizers.project_to_ball(v, 1.0), z)
+      return (z, opt_state), (t["objective"], t["activation"])
+
+    (z, _), (obj_hist, act_hist) = jax.lax.scan(step_fn, (z, opt_state),
+                                                jnp.arange(steps))
+    c = (self.jitter - 1) // 2
+    x = self._crop(z, c, c)
+    final = self.terms(variables, x, unit, tv)
+    return x, final["activation"], {"objective": obj_hist, "activation": act_hist}
+
+  def _run_chunk(self, variables, units, keys, tv):
+    self.trace_count += 1  # runs only while tracing.
+    return jax.vmap(self._single, in_axes=(None, 0, 0, None))(variables, units, keys, tv)
+
+  # --- the public loop ---------------------------------------------------------
+
+  def run(self, units: Sequence[int], seed: int = 0,
+          tv: Mapping[str, tuple[float, float]] | None = None,
+          chunk_size: int | None = None, log_progress: bool = True) -> Result:
+    """Optimises `units` in chunks of `chunk_size` (padded, one compilation)."""
+    units = np.asarray(units, np.int32).ravel()
+    if units.size == 0:
+      raise ValueError("no units to visualise")
+    self.model.spec.check_units(self.layer, units)
+    settings = dict(self.default_tv())
+    settings.update({k: tuple(float(x) for x in v) for k, v in (tv or {}).items()})
+    bad = set(settings) - set(self.streams)
+    if bad:
+      raise ValueError(f"regularisation given for unknown stream(s) {sorted(bad)}; "
+                       f"streams: {sorted(self.streams)}")
+    tv_arrays = {k: (jnp.float32(a), jnp.float32(b)) for k, (a, b) in settings.items()}
+    chunk = int(chunk_size or self.config.chunk_size or units.size)
+    chunk = min(chunk, units.size)
+    n_chunks = -(-units.size // chunk)
+    padded = np.concatenate([units, np.full(n_chunks * chunk - units.size, units[-1],
+                                            np.int32)])
+    base_key = jax.random.PRNGKey(seed)
+    outs = []
+    t0 = time.time()
+    for i in range(n_chunks):
+      u = padded[i * chunk:(i + 1) * chunk]
+      keys = jax.vmap(lambda c: jax.random.fold_in(base_key, c))(jnp.asarray(u))
+      out = jax.device_get(self._run(self.model.variables, jnp.asarray(u), keys, tv_arrays))
+      _check_finite(out[2]["objective"], u, i * chunk)
+      outs.append(out)
+      if log_progress:
+        done = min((i + 1) * chunk, units.size)
+        rate = done / (time.time() - t0)
+        logging.info("%s: %d/%d units, %.2f units/s, ETA %.0fs", self.layer, done,
+                     units.size, rate, (units.size - done) / rate)
+    n = units.size
+    cat = lambda *xs: np.concatenate(xs)[:n]
+    x, act, hist = jax.tree.map(cat, *outs) if len(outs) > 1 else jax.tree.map(
+        lambda v: np.asarray(v)[:n], outs[0])
+    return Result(layer=self.layer, units=units, inputs=dict(x),
+                  activations=np.asarray(act), history=dict(hist),
+                  a_hat_given=self.config.objective.a_hat not in (None, 1.0),
+                  seed=seed, settings=settings)
+
+
+def _check_finite(obj_hist: np.ndarray, units: np.ndarray, offset: int) -> None:
+  bad = ~np.isfinite(obj_hist)
+  if bad.any():
+    row = int(np.argmax(bad.any(axis=1)))
+    step = int(np.argmax(bad[row]))
+    raise FloatingPointError(f"non-finite objective for unit {int(units[row])} at "
+                             f"step {step} (chunk offset {offset}); lower "
+                             "optimizer.learning_rate or check the model's weights")
+
+
+def visualize(model: Model, layer: str, units: Sequence[int],
+              config: ml_collections.ConfigDict | None = None, seed: int = 0,
+              tv: Mapping[str, tuple[float, float]] | None = None) -> Result:
+  """Finds the inputs that maximise each unit of `layer` (the paper's method).
+
+  Args:
+    model: the network (`stviz_jax.models.load` or `wrap`).
+    layer: a tap of `model.spec.layers` ('logits' for class units).
+    units: channel (or class) indices.
+    config: hyper-parameters (`stviz_jax.config.default_config()` if None).
+    seed: unit u starts from noise drawn from `fold_in(PRNGKey(seed), u)`,
+      so a unit's result does not depend on which other units run with it.
+    tv: optional `{stream: (kappa, gamma)}` overriding the config.
+
+  Returns:
+    A `Result`.
+  """
+  from stviz_jax.config import default_config
+  config = config or default_config()
+  return Visualizer(model, layer, config).run(units, seed, tv)
