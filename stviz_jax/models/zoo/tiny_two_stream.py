@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from stviz_jax.models import base, layers, registry
+from stviz_jax.models import base, checkpoint, layers, registry
 
 
 class TinyTwoStream(nn.Module):
@@ -52,14 +52,16 @@ LAYERS = ("rgb/conv1", "rgb/conv2", "flow/conv1", "flow/conv2", "fusion", "logit
 
 @registry.register("tiny_two_stream")
 def tiny_two_stream(frames: int = 4, size: int = 32, num_classes: int = 10,
-                    width: int = 16, seed: int = 0) -> base.Model:
-  """The built-in example: random weights from `seed`."""
+                    width: int = 16, seed: int = 0, weights: str | None = None
+                    ) -> base.Model:
+  """The built-in example: random weights from `seed`, or converted `weights`."""
   streams = {
       "rgb": base.StreamSpec(1, size, size, 3, (-1.0, 1.0)),
       "flow": base.StreamSpec(frames, size, size, 2, (-10.0, 10.0)),
   }
   module = TinyTwoStream(num_classes=num_classes, width=width)
   dummy = {k: jnp.zeros((1,) + s.shape) for k, s in streams.items()}
-  variables = module.init(jax.random.PRNGKey(seed), dummy)
+  variables = (checkpoint.restore_for(weights, "tiny_two_stream") if weights
+               else module.init(jax.random.PRNGKey(seed), dummy))
   return base.wrap(module, variables, streams, layers=LAYERS,
                    name="tiny_two_stream")
