@@ -7,6 +7,10 @@ that would push a negative pre-activation up is let through, so units that
 never fire at initialisation still receive a signal. `flag` is a traced
 boolean, so switching redirection off after a few optimisation steps does not
 recompile anything.
+
+Inside `straight_through_relu()` the gradient of `relu` is the identity; the
+receptive-field measurement uses it so that units dead at a random input still
+reveal which input pixels they are connected to.
 """
 
 from __future__ import annotations
@@ -51,9 +55,32 @@ def _bwd(res, g):
 _redirectable_relu.defvjp(_fwd, _bwd)
 
 
+_STRAIGHT_THROUGH = "straight_through"
+
+
+@contextlib.contextmanager
+def straight_through_relu():
+  """Within this context (at trace time), `relu` back-propagates as the identity."""
+  token = _REDIRECT.set(_STRAIGHT_THROUGH)
+  try:
+    yield
+  finally:
+    _REDIRECT.reset(token)
+
+
+@jax.custom_vjp
+def _straight_through(x):
+  return jnp.maximum(x, 0)
+
+
+_straight_through.defvjp(lambda x: (jnp.maximum(x, 0), None), lambda _, g: (g,))
+
+
 def relu(x):
   """ReLU; redirectable inside `redirected_relu` (see module docstring)."""
   flag = _REDIRECT.get()
   if flag is None:
     return jax.nn.relu(x)
+  if isinstance(flag, str) and flag == _STRAIGHT_THROUGH:
+    return _straight_through(x)
   return _redirectable_relu(x, jnp.asarray(flag, bool))

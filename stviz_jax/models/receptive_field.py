@@ -1,15 +1,17 @@
 """Receptive field and cumulative stride, measured from the network itself.
 
 The receptive field of a unit is the support of the gradient of its output
-with respect to the input. We take the centre location of a layer (summed over
-channels, so every channel's paths count), back-propagate to every stream and
-read the extent of the non-zero gradient along T, H and W. The stride is the
-shift of that support when moving to the neighbouring output location.
+with respect to the input. We take the centre location of a layer (all
+channels, each with a random positive weight so that no two channels can
+cancel), back-propagate to every stream and read the extent of the non-zero
+gradient along T, H and W. The stride is the shift of that support when moving
+to the neighbouring output location.
 
-Max pooling and ReLU route gradient along one path per random input, so the
-support is the union over a few random inputs; summing all channels makes a
-missed border pixel vanishingly unlikely (the VGG-16 test checks the paper's
-Table 1 exactly). A receptive field larger than the input is reported as
+ReLUs built with `stviz_jax.models.relu` back-propagate as the identity here,
+so dead units still count. Max pooling routes gradient along one path per
+input, so the support is the union over a few random inputs; with all channels
+counted a missed border pixel is vanishingly unlikely (the VGG-16 test checks
+the paper's Table 1 exactly). A receptive field larger than the input is reported as
 clipped to the input, which is what the optimisation actually sees.
 """
 
@@ -20,6 +22,8 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from stviz_jax.models import layers
 
 _NUM_PROBES = 3
 
@@ -68,13 +72,15 @@ def measure(apply: Callable, variables: Any, streams: Mapping[str, Any],
       nxt[ax] += 1
       probes.append(tuple(nxt))
       probe_axis.append(name)
+  rng = np.random.default_rng(0)
   cot = np.zeros((len(probes), _NUM_PROBES) + tuple(shape), np.float32)
   for i, p in enumerate(probes):
-    cot[(i, slice(None)) + p] = 1.0
+    cot[(i, slice(None)) + p] = rng.uniform(0.5, 1.5, (_NUM_PROBES, shape[-1]))
 
   @jax.jit
   def support(x, cot):
-    _, vjp = jax.vjp(feature, x)
+    with layers.straight_through_relu():
+      _, vjp = jax.vjp(feature, x)
     grads = jax.vmap(vjp)(cot)[0]
     # |grad| > 0 anywhere over probes and channels, per stream: (P, T, H, W).
     return {k: jnp.any(g != 0, axis=(1, 5)) for k, g in grads.items()}
