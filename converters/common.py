@@ -1,0 +1,97 @@
+"""What every converter shares: strict matching of source and target tensors, saving."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from stviz_jax.models import checkpoint
+
+
+class ConversionError(ValueError):
+  """Source weights do not match the target: names the missing/unexpected/mismatched tensors."""
+
+
+def _short(names: Iterable[str], limit: int = 12) -> str:
+  names = sorted(names)
+  more = len(names) - limit
+  return ", ".join(names[:limit]) + (f" (+{more} more)" if more > 0 else "")
+
+
+def check_complete(source: str, *, missing: Iterable[str] = (),
+                   unexpected: Iterable[str] = (),
+                   mismatched: Iterable[str] = ()) -> None:
+  """Raises one one-line `ConversionError` listing every problem, or returns.
+
+  Args:
+    source: the file being converted (named in the message).
+    missing: target names no source tensor filled.
+    unexpected: source names nothing consumed.
+    mismatched: human-readable shape mismatches ('fc6.weight (4096, 25088) vs
+      expected (4096, 512, 7, 7)').
+  """
+  missing, unexpected, mismatched = list(missing), list(unexpected), list(mismatched)
+  parts = []
+  if missing:
+    parts.append(f"missing {len(missing)}: {_short(missing)}")
+  if unexpected:
+    parts.append(f"unexpected {len(unexpected)}: {_short(unexpected)}")
+  if mismatched:
+    parts.append(f"shape mismatches: {'; '.join(mismatched[:8])}"
+                 + (f" (+{len(mismatched) - 8} more)" if len(mismatched) > 8 else ""))
+  if parts:
+    raise ConversionError(f"{source}: weights do not match the target - " + "; ".join(parts))
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+  """{'a': {'b': x}} -> {'a/b': x}."""
+  out = {}
+  for k, v in tree.items():
+    key = f"{prefix}/{k}" if prefix else str(k)
+    if isinstance(v, Mapping):
+      out.update(flatten(v, key))
+    else:
+      out[key] = v
+  return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict:
+  out: dict = {}
+  for key, v in flat.items():
+    node = out
+    *parents, leaf = key.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = v
+  return out
+
+
+def fill_like(template: Mapping, values: Mapping[str, np.ndarray], source: str) -> dict:
+  """Places `values` ('a/b' -> array) into the structure of `template`, strictly.
+
+  Every leaf of `template` must get a value of the same shape and every value
+  must land somewhere; otherwise a `ConversionError` names what is wrong.
+  """
+  target = flatten(template)
+  missing = [k for k in target if k not in values]
+  unexpected = [k for k in values if k not in target]
+  mismatched = [f"{k} {tuple(np.shape(values[k]))} vs expected {tuple(np.shape(t))}"
+                for k, t in target.items()
+                if k in values and tuple(np.shape(values[k])) != tuple(np.shape(t))]
+  check_complete(source, missing=missing, unexpected=unexpected, mismatched=mismatched)
+  return unflatten({k: np.asarray(values[k], np.float32) for k in target})
+
+
+def save(output: str, variables: Any, *, source: str, architecture: str,
+         fmt: str, **extra) -> None:
+  """Writes a stviz_jax weights directory (atomic; see `stviz_jax.models.checkpoint`).
+
+  Metadata records the source file, its sha256, the architecture and format, so
+  a checkpoint can always be traced back to the file it came from.
+  """
+  metadata = {"architecture": architecture, "source": os.path.abspath(source),
+              "source_sha256": checkpoint.sha256(source), "format": fmt}
+  metadata.update(extra)
+  checkpoint.save(output, variables, metadata)
