@@ -1,0 +1,665 @@
+"""MatConvNet nets (SimpleNN and DagNN `.mat` files) as stviz_jax models.
+
+Read with `scipy.io.loadmat` (MATLAB v5/v7 files). MatConvNet's conventions,
+kept exactly:
+
+* arrays are `H x W x C x N` (scipy keeps MATLAB's index order, so an image
+  `x[h, w, c]` is already channels last) and filters `H x W x Cin/groups x
+  Cout` - already Flax's HWIO;
+* padding is `[top bottom left right]` (a scalar pads all four sides) and
+  output sizes are rounded down, for convolution and pooling alike;
+* max pooling ignores the padding; average pooling divides by the number of
+  in-image pixels of each window (padding excluded);
+* `lrn`/`normalize` with `[N kappa alpha beta]`: `x / (kappa + alpha * sum of
+  x^2 over N channels)^beta`;
+* batch norm with `moments = [mu, sigma]`: `g * (x - mu) / sigma + b` (sigma
+  already includes epsilon), folded into the convolution before it;
+* labels are 1-based in the data files; class `k` is logit `k - 1`.
+
+Fully connected layers are convolutions whose kernel covers the whole input,
+so there is no flatten-order question. `load(path) -> Model` taps every layer
+by its name (and, for DagNN, every variable by its name); the logits are the
+input of a final softmax/loss layer, with 1x1 spatial dimensions dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import sys
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from converters import common
+from stviz_jax.models import base, checkpoint, layers as layers_lib
+
+
+class MatConvNetError(ValueError):
+  """A `.mat` file that cannot be used (names the file and the layer/field)."""
+
+
+# ---------------------------------------------------------------------------
+# Reading the .mat structures.
+
+
+def loadmat(path: str) -> dict:
+  """`scipy.io.loadmat` without squeezing (a 1x1xCinxCout filter keeps its shape)."""
+  import scipy.io
+  try:
+    return scipy.io.loadmat(path, squeeze_me=False, struct_as_record=False)
+  except NotImplementedError as e:  # MATLAB v7.3 = HDF5
+    raise MatConvNetError(f"{path}: {e}; re-save it in MATLAB with save(..., '-v7')") from None
+  except FileNotFoundError:
+    raise MatConvNetError(f"{path}: no such file") from None
+  except Exception as e:  # scipy raises assorted errors on truncated/corrupt files
+    raise MatConvNetError(f"{path}: not a readable MATLAB v5/v7 file "
+                          f"(truncated or corrupt?): {type(e).__name__}: {e}") from None
+
+
+def _get(s, field: str, default: Any = None):
+  if s is None or field not in getattr(s, "_fieldnames", ()):
+    return default
+  return getattr(s, field)
+
+
+def _str(v, default: str = "") -> str:
+  if v is None:
+    return default
+  a = np.asarray(v)
+  if a.dtype.kind in "US":
+    return str(a.ravel()[0]) if a.size else default
+  if a.dtype == object and a.size:
+    return _str(a.ravel()[0], default)
+  return default
+
+
+def _nums(v, default: Sequence[float] = ()) -> list[float]:
+  if v is None:
+    return list(default)
+  a = np.asarray(v)
+  if a.dtype == object:
+    return _nums(a.ravel()[0], default) if a.size else list(default)
+  if a.size == 0:
+    return list(default)
+  return [float(x) for x in a.ravel(order="F")]
+
+
+def _one(s):
+  """A 1x1 struct array or cell -> its element."""
+  a = np.asarray(s)
+  if a.dtype == object and a.size == 1:
+    return a.ravel()[0]
+  return s
+
+
+def _cells(v) -> list:
+  if v is None:
+    return []
+  a = np.asarray(v)
+  if a.dtype == object:
+    return list(a.ravel(order="F"))
+  return [v]
+
+
+def _pad4(v, where: str) -> tuple[int, int, int, int]:
+  p = [int(x) for x in _nums(v, [0])]
+  if len(p) == 1:
+    return (p[0],) * 4
+  if len(p) == 4:
+    return tuple(p)
+  raise MatConvNetError(f"{where}: pad must be 1 or 4 numbers [top bottom left right], got {p}")
+
+
+def _pair(v, default: int, where: str, what: str) -> tuple[int, int]:
+  p = [int(x) for x in _nums(v, [default])]
+  if len(p) == 1:
+    return (p[0], p[0])
+  if len(p) == 2:
+    return (p[0], p[1])
+  raise MatConvNetError(f"{where}: {what} must be 1 or 2 numbers, got {p}")
+
+
+# ---------------------------------------------------------------------------
+# The graph.
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+  kind: str
+  name: str
+  inputs: tuple[str, ...]
+  outputs: tuple[str, ...]
+  attrs: tuple[tuple[str, Any], ...] = ()
+  params: str | None = None
+
+  def attr(self, key, default=None):
+    return dict(self.attrs).get(key, default)
+
+
+@dataclasses.dataclass(frozen=True)
+class Graph:
+  name: str
+  source: str
+  inputs: tuple[tuple[str, tuple[int, int, int]], ...]  # var -> (H, W, C)
+  ops: tuple[Op, ...]
+  taps: tuple[tuple[str, str], ...]  # tap name -> var
+  logits: str
+  labels: tuple[str, ...] | None
+
+
+_SUPPORTED = ("conv", "pool", "relu", "lrn", "normalize", "bnorm", "dropout",
+              "softmax", "softmaxloss", "loss", "sigmoid", "concat", "sum")
+_DAG_TYPES = {"dagnn.Conv": "conv", "dagnn.Pooling": "pool", "dagnn.ReLU": "relu",
+              "dagnn.LRN": "lrn", "dagnn.BatchNorm": "bnorm", "dagnn.DropOut": "dropout",
+              "dagnn.SoftMax": "softmax", "dagnn.Loss": "loss", "dagnn.Sigmoid": "sigmoid",
+              "dagnn.Concat": "concat", "dagnn.Sum": "sum"}
+
+
+def _sanitize(name: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_]", "_", name) or "layer"
+
+
+def _labels(meta) -> tuple[str, ...] | None:
+  classes = _one(_get(meta, "classes"))
+  names = _get(classes, "description") if _get(classes, "description") is not None else None
+  names = names if names is not None and np.asarray(names).size else _get(classes, "name")
+  if names is None:
+    return None
+  out = tuple(_str(c) for c in _cells(names))
+  return out or None
+
+
+def _input_size(meta, path) -> tuple[int, int, int] | None:
+  size = [int(x) for x in _nums(_get(_one(_get(meta, "normalization")), "imageSize"))
+          or _nums(_get(meta, "inputSize"))]
+  return tuple(size[:3]) if len(size) >= 3 else None
+
+
+def read(path: str, *, input_size: Sequence[int] | None = None):
+  """Parses a SimpleNN or DagNN file into `(Graph, {param key: {name: array}})`.
+
+  Args:
+    path: the `.mat` file (a variable `net`, or the net's fields at top level).
+    input_size: `(H, W, C)` overriding `meta.inputSize` / `normalization.imageSize`
+      (a dict variable -> `(H, W, C)` for a multi-input DagNN).
+  """
+  mat = loadmat(path)
+  net = _one(mat["net"]) if "net" in mat else None
+  if net is None:
+    if "layers" not in mat:
+      raise MatConvNetError(f"{path}: no variable 'net' (or 'layers'); variables: "
+                            f"{', '.join(k for k in mat if not k.startswith('__'))}")
+    fields = {k: v for k, v in mat.items() if not k.startswith("__")}
+    net = type("Net", (), dict(fields, _fieldnames=list(fields)))()
+  meta = _one(_get(net, "meta"))
+  if isinstance(input_size, Mapping):
+    size = {k: tuple(int(d) for d in v) for k, v in input_size.items()}
+  elif input_size is not None:
+    size = tuple(int(d) for d in input_size)
+  else:
+    size = _input_size(meta, path)
+  if size is None:
+    raise MatConvNetError(f"{path}: no input size in meta.inputSize or "
+                          "meta.normalization.imageSize; pass input_size=(H, W, C)")
+  is_dag = _get(net, "vars") is not None and _get(net, "params") is not None
+  if is_dag:
+    ops, weights, inputs = _dag_ops(net, path, size)
+  else:
+    ops, weights, inputs = _simple_ops(net, path, size)
+  return _finish(ops, weights, inputs, path, _labels(meta))
+
+
+def _conv_attrs(filters: np.ndarray, pad, stride, dilate, has_bias, where):
+  f = np.asarray(filters, np.float32)
+  if f.ndim > 4 or f.ndim < 2:
+    raise MatConvNetError(f"{where}: filters of shape {f.shape} are not H x W x Cin x Cout")
+  f = f.reshape(f.shape + (1,) * (4 - f.ndim))  # MATLAB drops trailing singletons
+  return f, dict(kernel=f.shape[:2], cin_g=f.shape[2], cout=f.shape[3],
+                 pad=_pad4(pad, where), stride=_pair(stride, 1, where, "stride"),
+                 dilation=_pair(dilate, 1, where, "dilate"), bias=has_bias)
+
+
+def _bias(b, cout, where) -> np.ndarray:
+  b = np.asarray(b, np.float32).ravel(order="F")
+  if b.size == 0:
+    return np.zeros(cout, np.float32)
+  if b.size != cout:
+    raise MatConvNetError(f"{where}: {b.size} biases for {cout} filters")
+  return b
+
+
+def _bnorm(mult, bias, moments, where) -> tuple[np.ndarray, np.ndarray]:
+  """(s, t) with `y = s * x + t` for MatConvNet's test-time batch norm."""
+  g = np.asarray(mult, np.float64).ravel(order="F")
+  b = np.asarray(bias, np.float64).ravel(order="F")
+  m = np.asarray(moments, np.float64)
+  if m.ndim != 2 or m.shape[1] != 2 or not (g.size == b.size == m.shape[0]):
+    raise MatConvNetError(f"{where}: batch norm needs C multipliers, C biases and Cx2 "
+                          f"moments, got {g.size}, {b.size}, {m.shape}")
+  s = g / m[:, 1]
+  return s, b - m[:, 0] * s
+
+
+def _simple_ops(net, path, size):
+  ops, weights = [], {}
+  layers = _cells(_get(net, "layers"))
+  if not layers:
+    raise MatConvNetError(f"{path}: net.layers is empty")
+  x = "input"
+  for i, layer in enumerate(layers):
+    layer = _one(layer)
+    ltype = _str(_get(layer, "type"))
+    name = _str(_get(layer, "name")) or f"layer{i + 1}"
+    where = f"{path}: layer {i + 1} {name!r} ({ltype})"
+    y = name
+    kind, attrs, params = _layer(ltype, layer, where)
+    if kind is None:
+      continue
+    key = None
+    if params is not None:
+      key = _sanitize(name)
+      if key in weights:
+        raise MatConvNetError(f"{where}: two layers map to parameter name {key!r}")
+      weights[key] = params
+    ops.append(Op(kind, name, (x,), (y,), tuple(sorted(attrs.items())), key))
+    x = y
+  return ops, weights, (("input", size),)
+
+
+def _layer(ltype: str, layer, where: str, dag_params: Sequence[np.ndarray] | None = None):
+  """(kind, attrs, params) of one SimpleNN layer or DagNN block."""
+  get = lambda f, d=None: _get(layer, f, d)
+  if ltype == "conv":
+    if dag_params is not None:
+      ws = list(dag_params)
+    else:
+      w = get("weights")
+      ws = _cells(w) if w is not None and np.asarray(w).size else [get("filters"), get("biases")]
+    if not ws or ws[0] is None:
+      raise MatConvNetError(f"{where}: no filters")
+    has_bias = len(ws) > 1 and ws[1] is not None and np.asarray(ws[1]).size > 0
+    if dag_params is not None:
+      has_bias = _nums(get("hasBias"), [1])[0] != 0 and len(ws) > 1
+    f, attrs = _conv_attrs(ws[0], get("pad"), get("stride"), get("dilate"), has_bias, where)
+    b = _bias(ws[1] if has_bias else [], attrs["cout"], where)
+    return "conv", attrs, {"kernel": f, "bias": b}
+  if ltype == "pool":
+    method = _str(get("method"), "max")
+    if method not in ("max", "avg"):
+      raise MatConvNetError(f"{where}: pool method {method!r} (max, avg)")
+    k = _pair(get("pool", get("poolSize")), 1, where, "pool")
+    return "pool", dict(method=method, kernel=k, pad=_pad4(get("pad"), where),
+                        stride=_pair(get("stride"), 1, where, "stride")), None
+  if ltype == "relu":
+    return "relu", dict(leak=float(_nums(get("leak"), [0])[0])), None
+  if ltype in ("lrn", "normalize"):
+    p = _nums(get("param"))
+    if len(p) != 4:
+      raise MatConvNetError(f"{where}: LRN param must be [N kappa alpha beta], got {p}")
+    return "lrn", dict(n=int(p[0]), kappa=p[1], alpha=p[2], beta=p[3]), None
+  if ltype == "bnorm":
+    ws = list(dag_params) if dag_params is not None else _cells(get("weights"))
+    if len(ws) != 3:
+      raise MatConvNetError(f"{where}: batch norm needs 3 weights (mult, bias, moments), got {len(ws)}")
+    s, t = _bnorm(*ws, where)
+    return "affine", dict(channels=s.size), {"scale": s.astype(np.float32),
+                                             "shift": t.astype(np.float32)}
+  if ltype == "dropout":
+    return "identity", {}, None
+  if ltype == "softmax":
+    return "softmax", {}, None
+  if ltype == "sigmoid":
+    return "sigmoid", {}, None
+  if ltype in ("softmaxloss", "loss"):
+    return None, None, None
+  if ltype == "concat":
+    return "concat", dict(dim=int(_nums(get("dim"), [3])[0])), None
+  if ltype == "sum":
+    return "sum", {}, None
+  raise MatConvNetError(f"{where}: unsupported layer type {ltype!r}; supported: "
+                        f"{', '.join(_SUPPORTED)} (DagNN: {', '.join(_DAG_TYPES)})")
+
+
+def _dag_ops(net, path, size):
+  params = {}
+  for p in _cells(_get(net, "params")):
+    p = _one(p)
+    params[_str(_get(p, "name"))] = _get(p, "value")
+  layers = [_one(l) for l in _cells(_get(net, "layers"))]
+  produced = {}
+  for l in layers:
+    for v in _cells(_get(l, "outputs")):
+      produced[_str(v)] = _str(_get(l, "name"))
+  # Execution order: MatConvNet's is topological over the variables.
+  pending, order, known = list(layers), [], set()
+  all_inputs = [_str(v) for l in layers for v in _cells(_get(l, "inputs"))]
+  inputs = [v for v in dict.fromkeys(all_inputs) if v not in produced]
+  known.update(inputs)
+  while pending:
+    ready = [l for l in pending if all(_str(v) in known for v in _cells(_get(l, "inputs")))]
+    if not ready:
+      names = [_str(_get(l, "name")) for l in pending]
+      raise MatConvNetError(f"{path}: layers {names} wait on variables no layer produces "
+                            "(a cycle or a missing layer)")
+    for l in ready:
+      order.append(l)
+      known.update(_str(v) for v in _cells(_get(l, "outputs")))
+      pending.remove(l)
+  ops, weights, used = [], {}, set()
+  label_inputs = set()
+  for l in order:
+    name = _str(_get(l, "name"))
+    dtype = _str(_get(l, "type"))
+    where = f"{path}: layer {name!r} ({dtype})"
+    if dtype not in _DAG_TYPES:
+      raise MatConvNetError(f"{where}: unsupported DagNN block; supported: "
+                            f"{', '.join(_DAG_TYPES)}")
+    kind = _DAG_TYPES[dtype]
+    pnames = [_str(p) for p in _cells(_get(l, "params"))]
+    missing = [p for p in pnames if p not in params]
+    if missing:
+      raise MatConvNetError(f"{where}: parameters {missing} are not in net.params")
+    used.update(pnames)
+    block = _one(_get(l, "block"))
+    ins = tuple(_str(v) for v in _cells(_get(l, "inputs")))
+    outs = tuple(_str(v) for v in _cells(_get(l, "outputs")))
+    if kind == "loss":
+      label_inputs.update(ins[1:])
+      continue
+    okind, attrs, wts = _layer(kind, block, where,
+                               [params[p] for p in pnames] if pnames else None)
+    key = None
+    if wts is not None:
+      key = _sanitize(name)
+      if key in weights:
+        raise MatConvNetError(f"{where}: two layers map to parameter name {key!r}")
+      weights[key] = wts
+    ops.append(Op(okind, name, ins, outs, tuple(sorted(attrs.items())), key))
+  unused = [p for p in params if p not in used]
+  common.check_complete(path, unexpected=[f"net.params '{p}'" for p in unused])
+  data_inputs = [v for v in inputs if v not in label_inputs]
+  if isinstance(size, Mapping):
+    missing = [v for v in data_inputs if v not in size]
+    if missing:
+      raise MatConvNetError(f"{path}: no input_size for input(s) {missing}")
+    return ops, weights, tuple((v, tuple(size[v])) for v in data_inputs)
+  if len(data_inputs) != 1:
+    raise MatConvNetError(f"{path}: inputs {data_inputs}: pass input_size as "
+                          "{variable: (H, W, C)} for a multi-input net")
+  return ops, weights, ((data_inputs[0], size),)
+
+
+def _finish(ops, weights, inputs, path, labels) -> tuple[Graph, dict]:
+  """Folds batch norms into convolutions, checks channel counts, picks taps/logits."""
+  consumers: dict[str, int] = {}
+  for op in ops:
+    for v in op.inputs:
+      consumers[v] = consumers.get(v, 0) + 1
+  folded: list[Op] = []
+  aliases: dict[str, str] = {}
+  for op in ops:
+    prev = folded[-1] if folded else None
+    if (op.kind == "affine" and prev is not None and prev.kind == "conv"
+        and op.inputs == prev.outputs and consumers.get(op.inputs[0]) == 1):
+      bn, w = weights.pop(op.params), weights[prev.params]
+      if bn["scale"].size != w["kernel"].shape[-1]:
+        raise MatConvNetError(f"{path}: layer {op.name!r}: {bn['scale'].size} batch-norm "
+                              f"channels after {w['kernel'].shape[-1]} filters")
+      w["kernel"] = (w["kernel"] * bn["scale"]).astype(np.float32)
+      w["bias"] = (w["bias"] * bn["scale"] + bn["shift"]).astype(np.float32)
+      folded[-1] = dataclasses.replace(prev, outputs=op.outputs)
+      aliases[prev.name] = op.outputs[0]
+      aliases[op.name] = op.outputs[0]
+      continue
+    folded.append(op)
+  # Channel bookkeeping: fail on the layer, not deep inside XLA.
+  channels = {v: s[2] for v, s in inputs}
+  for op in folded:
+    where = f"{path}: layer {op.name!r}"
+    cin = [channels.get(v) for v in op.inputs]
+    if op.kind == "conv":
+      a = dict(op.attrs)
+      if cin[0] % a["cin_g"]:
+        raise MatConvNetError(f"{where}: filters expect {a['cin_g']} input channels "
+                              f"(or a divisor of the input's), the input has {cin[0]}")
+      out = a["cout"]
+      if out % (cin[0] // a["cin_g"]):
+        raise MatConvNetError(f"{where}: {out} filters cannot be split into "
+                              f"{cin[0] // a['cin_g']} groups")
+    elif op.kind == "affine":
+      out = cin[0]
+      if op.attr("channels") != out:
+        raise MatConvNetError(f"{where}: batch norm has {op.attr('channels')} channels, "
+                              f"the input {out}")
+    elif op.kind == "concat":
+      out = sum(cin) if op.attr("dim") == 3 else cin[0]
+    else:
+      out = cin[0]
+    for v in op.outputs:
+      channels[v] = out
+  taps = {}
+  for op in folded:
+    taps[op.name] = op.outputs[0]
+    for v in op.outputs:
+      taps.setdefault(v, v)
+  taps.update(aliases)
+  last = folded[-1]
+  logits = last.inputs[0] if last.kind == "softmax" else last.outputs[0]
+  name = os.path.splitext(os.path.basename(path))[0]
+  return Graph(name, path, tuple(inputs), tuple(folded), tuple(taps.items()), logits,
+               labels), weights
+
+
+# ---------------------------------------------------------------------------
+# The Flax module.
+
+
+class _Weights(nn.Module):
+  shapes: tuple[tuple[str, tuple[int, ...]], ...]
+
+  @nn.compact
+  def __call__(self):
+    init = {"kernel": nn.initializers.lecun_normal(), "bias": nn.initializers.zeros,
+            "scale": nn.initializers.ones, "shift": nn.initializers.zeros}
+    return tuple(self.param(n, init[n], s) for n, s in self.shapes)
+
+
+def _pool_windows(size, k, s, pad_lo, pad_hi):
+  out = (size + pad_lo + pad_hi - k) // s + 1
+  start = np.arange(out) * s - pad_lo
+  count = np.minimum(start + k, size) - np.maximum(start, 0)
+  return out, count.astype(np.float32)
+
+
+class MatConvNet(nn.Module):
+  """A MatConvNet `Graph` as a Flax module: `__call__(inputs: {var: (N, H, W, C)})`."""
+
+  graph: Graph
+
+  @nn.compact
+  def __call__(self, inputs):
+    g = self.graph
+    values = dict(inputs)
+    for op in g.ops:
+      ins = [values[v] for v in op.inputs]
+      y = self._apply(op, ins)
+      for v in op.outputs:
+        values[v] = y
+    features = {name: values[v] for name, v in g.taps}
+    logits = values[g.logits]
+    if logits.ndim == 4 and logits.shape[1:3] == (1, 1):
+      logits = logits[:, 0, 0]
+    return logits, features
+
+  def _apply(self, op: Op, ins):
+    a = dict(op.attrs)
+    x = ins[0]
+    if op.kind == "conv":
+      kshape = tuple(a["kernel"]) + (a["cin_g"], a["cout"])
+      kernel, bias = _Weights((("kernel", kshape), ("bias", (a["cout"],))), name=op.params)()
+      t, b, l, r = a["pad"]
+      y = jax.lax.conv_general_dilated(
+          x, kernel, a["stride"], [(t, b), (l, r)], rhs_dilation=a["dilation"],
+          dimension_numbers=("NHWC", "HWIO", "NHWC"),
+          feature_group_count=x.shape[-1] // a["cin_g"],
+          precision=jax.lax.Precision.HIGHEST)
+      return y + bias
+    if op.kind == "affine":
+      c = a["channels"]
+      scale, shift = _Weights((("scale", (c,)), ("shift", (c,))), name=op.params)()
+      return x * scale + shift
+    if op.kind == "pool":
+      (kh, kw), (sh, sw) = a["kernel"], a["stride"]
+      t, b, l, r = a["pad"]
+      win, strides = (1, kh, kw, 1), (1, sh, sw, 1)
+      pads = [(0, 0), (t, b), (l, r), (0, 0)]
+      if a["method"] == "max":
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, win, strides, pads)
+      y = jax.lax.reduce_window(x, 0.0, jax.lax.add, win, strides, pads)
+      _, ch = _pool_windows(x.shape[1], kh, sh, t, b)
+      _, cw = _pool_windows(x.shape[2], kw, sw, l, r)
+      return y / jnp.asarray(np.multiply.outer(ch, cw))[None, :, :, None]
+    if op.kind == "relu":
+      return jnp.where(x > 0, x, a["leak"] * x) if a["leak"] else layers_lib.relu(x)
+    if op.kind == "lrn":
+      n = a["n"]
+      lo = (n - 1) // 2
+      s = jax.lax.reduce_window(x * x, 0.0, jax.lax.add, (1, 1, 1, n), (1, 1, 1, 1),
+                                [(0, 0), (0, 0), (0, 0), (lo, n - 1 - lo)])
+      return x * (a["kappa"] + a["alpha"] * s) ** (-a["beta"])
+    if op.kind == "identity":
+      return x
+    if op.kind == "softmax":
+      return jax.nn.softmax(x, axis=-1)
+    if op.kind == "sigmoid":
+      return jax.nn.sigmoid(x)
+    if op.kind == "concat":
+      return jnp.concatenate(ins, axis=a["dim"])  # MATLAB dim 1,2,3 = H,W,C = our 1,2,3
+    if op.kind == "sum":
+      return sum(ins)
+    raise MatConvNetError(f"layer {op.name!r}: unknown op {op.kind}")
+
+
+# ---------------------------------------------------------------------------
+# The stviz_jax model.
+
+
+def load(path: str, *, streams: Mapping[str, str] | None = None, flow: bool = False,
+         input_size: Sequence[int] | None = None,
+         value_range: tuple[float, float] = (-128.0, 128.0),
+         name: str | None = None, variables=None) -> base.Model:
+  """A MatConvNet `.mat` net as a stviz_jax `Model`.
+
+  Args:
+    path: SimpleNN or DagNN file.
+    streams: network input variable -> stream name (default: 'rgb' for a
+      3-channel input, 'flow' when `flow` is set, else the variable's name).
+    flow: read a 2k-channel input as k flow frames `(N, k, H, W, 2)`
+      interleaved `[u1, v1, ..., uk, vk]` (the two-stream convention).
+    input_size: `(H, W, C)` if the file's meta does not say.
+    value_range: typical input range, for regulariser bounds.
+    name: model name (default: the file name).
+    variables: already converted variables (from `load_converted`).
+
+  Returns:
+    The `Model`; `model.labels` are the class names (class k, 1-based in
+    MatConvNet, is logit k - 1).
+  """
+  graph, weights = read(path, input_size=input_size)
+  module = MatConvNet(graph)
+  specs, adapters = {}, {}
+  for var, (h, w, c) in graph.inputs:
+    sname = (streams or {}).get(var) or ("flow" if flow else "rgb" if c == 3 else var)
+    if sname == "flow":
+      if c % 2:
+        raise MatConvNetError(f"{path}: input {var!r} has {c} channels; flow needs 2k")
+      specs[sname] = base.StreamSpec(c // 2, h, w, 2, value_range)
+      adapters[var] = (sname, True)
+    else:
+      specs[sname] = base.StreamSpec(1, h, w, c, value_range)
+      adapters[var] = (sname, False)
+
+  def adapt(inputs):
+    out = {}
+    for var, (sname, is_flow) in adapters.items():
+      x = inputs[sname]
+      if is_flow:
+        n, k, hh, ww, _ = x.shape
+        out[var] = jnp.moveaxis(x, 1, 3).reshape(n, hh, ww, 2 * k)
+      else:
+        out[var] = x[:, 0]
+    return out
+
+  dummy = {var: jnp.zeros((1, h, w, c)) for var, (h, w, c) in graph.inputs}
+  expected = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), dummy))
+  if variables is None:
+    flat = {f"params/{k}/{n}": v for k, ws in weights.items() for n, v in ws.items()}
+  else:
+    flat = common.flatten(variables)
+  variables = jax.tree.map(jnp.asarray, common.fill_like(expected, flat, path))
+  return base.wrap(module, variables, specs, adapt_inputs=adapt,
+                   name=name or graph.name, labels=graph.labels,
+                   layers=[n for n, _ in graph.taps] + [base.LOGITS])
+
+
+ARCHITECTURE = "matconvnet"
+
+
+def save(output: str, path: str, **kwargs) -> base.Model:
+  """Converts and writes a weights directory; `load_converted(output)` reads it back."""
+  model = load(path, **kwargs)
+  common.save(output, model.variables, source=path, architecture=ARCHITECTURE,
+              fmt="matconvnet", options={k: (list(v) if isinstance(v, tuple) else v)
+                                         for k, v in kwargs.items()})
+  return model
+
+
+def load_converted(path: str) -> base.Model:
+  """Rebuilds a model written by `save`: the structure from the original `.mat`
+  (recorded in the metadata, sha256 checked), the weights from the checkpoint."""
+  variables, meta = checkpoint.restore(path)
+  if meta.get("architecture") != ARCHITECTURE:
+    raise MatConvNetError(f"{path}: weights are for {meta.get('architecture')!r}")
+  src = meta["source"]
+  if not os.path.exists(src) or checkpoint.sha256(src) != meta["source_sha256"]:
+    raise MatConvNetError(f"{path}: its source {src} is gone or changed (sha256); "
+                          "the net structure is read from it")
+  return load(src, variables=variables, **meta.get("options", {}))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m converters.matconvnet",
+      description="Convert a MatConvNet SimpleNN/DagNN .mat net into a stviz_jax "
+                  "weights directory (read it back with converters.matconvnet."
+                  "load_converted).")
+  parser.add_argument("mat", help="the .mat file with variable 'net'")
+  parser.add_argument("output", help="weights directory to write (replaced atomically)")
+  parser.add_argument("--flow", action="store_true",
+                      help="read a 2k-channel input as k (u, v) flow frames")
+  parser.add_argument("--input-size", default=None,
+                      type=lambda s: tuple(int(v) for v in s.split(",")),
+                      help="H,W,C when meta.inputSize is missing")
+  args = parser.parse_args(argv)
+  kwargs = {"flow": args.flow}
+  if args.input_size:
+    kwargs["input_size"] = args.input_size
+  try:
+    model = save(args.output, args.mat, **kwargs)
+  except (MatConvNetError, common.ConversionError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"wrote {args.output}: {model.name}, streams "
+        f"{ {k: v.shape for k, v in model.spec.streams.items()} }, "
+        f"{len(model.spec.layers)} taps")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
