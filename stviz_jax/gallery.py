@@ -1,0 +1,893 @@
+r"""A static HTML gallery of a work directory: every unit, every setting, playing.
+
+Command (also run automatically at the end of `stviz_jax.main`):
+
+  python -m stviz_jax.gallery --workdir=DIR [--stats=PATH] [--encodings=rgb,hsv]
+
+then open `DIR/index.html` in a browser, straight from the filesystem
+(file://, no server, no network). Pages:
+
+  DIR/index.html                       the run: model, seed, config, one card per layer
+  DIR/gallery/<layer>/index.html       a tile per unit: appearance image(s) and the
+                                       flow video looping, a switch between
+                                       regularisation settings (e.g. gamma), sorting
+                                       by unit or activation, layer plots, figure
+  DIR/gallery/<layer>/unit_0003.html   one unit: every setting as a row (the paper's
+                                       figure layout), objective/activation history,
+                                       exact config and seed, raw-array downloads,
+                                       dataset statistics when given
+
+Media come from the job's files beside each `result.npz`
+(`<layer>/<setting>/unit_0003_<stream>.{png,gif,mp4,webm}`); any that are
+missing (e.g. a sweep that only wrote `result.npz`) are rendered here, with the
+unit's raw arrays (`unit_0003.npz`) beside them. Pages stay fast with hundreds
+of units: images use `loading="lazy"`, videos `preload="none"` and get their
+source only when scrolled into view (IntersectionObserver), and pause when they
+leave it. In-page videos are WebM/VP9 (decoded by every Chromium and Firefox
+build) with MP4/H.264 as the fallback and GIF when the browser plays neither.
+
+Dataset statistics (`--stats`, or `DIR/stats.json` / `DIR/stats.npz` when
+present) are optional; either file may hold any of these per layer:
+
+  JSON: {"class_names": [K names],
+         "layers": {"<layer>": {
+             "a_hat": [U floats],                # max activation per unit
+             "per_class_max": [[K floats] x U],  # max activity per class
+             "class_names": [K names],           # overrides the top-level list
+             "top_clips": {"<unit>": [{"score": float, "class": name or index,
+                                       "video": path, "frame": int, "y": int,
+                                       "x": int, "thumbnail": path}, ...]}}}}
+  npz:  class_names (K,), <layer>/a_hat (U,), <layer>/per_class_max (U, K),
+        <layer>/top_scores (U, k), <layer>/top_labels (U, k) class indices,
+        <layer>/top_videos (U, k) str, <layer>/top_frames (U, k),
+        <layer>/top_thumbnails (U, k, h, w, 3) or (U, k, T, h, w, 3) uint8.
+
+Relative paths in the statistics are relative to the statistics file; row u
+of a per-unit array belongs to unit u of the layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import os
+import urllib.parse
+import zipfile
+from typing import Any, Iterable, Mapping, Sequence
+
+from absl import app, flags, logging
+import numpy as np
+
+from stviz_jax import plots, render
+
+GALLERY_DIR = "gallery"
+RESULT_FILE = "result.npz"
+DEFAULT_FORMATS = ("png", "gif", "mp4", "webm")
+FIGURE_UNITS = 16       # rows of the per-layer figure (highest mean activation).
+DISPLAY_SIZE = 128      # rendered media height, pixels (nearest-neighbour upscaling).
+TOP_CLASSES = 10        # classes in the per-class bar chart (as in the paper).
+
+
+# --- what the work directory holds --------------------------------------------
+
+
+@dataclasses.dataclass
+class SettingRun:
+  """One `result.npz`: the units of one layer under one regularisation setting.
+
+  Inputs are not loaded (they can be large); `shapes` gives their per-unit
+  shapes and `load_inputs` reads one stream when media must be rendered.
+  """
+
+  name: str
+  path: str
+  layer: str
+  units: np.ndarray
+  activations: np.ndarray
+  history: dict[str, np.ndarray]
+  seed: int
+  settings: dict[str, tuple[float, ...]]
+  a_hat_given: bool
+  config: dict | None
+  shapes: dict[str, tuple[int, ...]]
+
+  @property
+  def dir(self) -> str:
+    return os.path.dirname(self.path)
+
+  def label(self, plain: bool = False) -> str:
+    """'κ=1, γ=10' for the flow (or only) stream's (kappa, gamma); else the name."""
+    tv = self.settings.get("flow") or (next(iter(self.settings.values()))
+                                       if len(self.settings) == 1 else None)
+    if tv is None:
+      return self.name
+    k, g = (f"{float(v):g}" for v in tv[:2])
+    return f"kappa={k} gamma={g}" if plain else f"κ={k}, γ={g}"
+
+  def load_inputs(self, stream: str) -> np.ndarray:
+    with np.load(self.path) as f:
+      return f[f"inputs_{stream}"]
+
+  def index(self, unit: int) -> int | None:
+    hits = np.flatnonzero(self.units == unit)
+    return int(hits[0]) if hits.size else None
+
+
+@dataclasses.dataclass
+class LayerRuns:
+  """All settings found for one layer directory of the work directory."""
+
+  layer: str
+  rel_dir: str
+  runs: list[SettingRun]
+
+  @property
+  def units(self) -> list[int]:
+    return sorted({int(u) for r in self.runs for u in r.units})
+
+  @property
+  def streams(self) -> list[str]:
+    return render.display_order(self.runs[0].shapes)
+
+
+def _npz_shapes(path: str) -> dict[str, tuple[int, ...]]:
+  """Array shapes inside an `.npz` without reading the arrays."""
+  shapes = {}
+  with zipfile.ZipFile(path) as z:
+    for name in z.namelist():
+      with z.open(name) as f:
+        version = np.lib.format.read_magic(f)
+        reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                  else np.lib.format.read_array_header_2_0)
+        shapes[name[:-4] if name.endswith(".npy") else name] = reader(f)[0]
+  return shapes
+
+
+def read_run(path: str) -> SettingRun:
+  """Reads everything but the inputs from a `stviz_jax.Result` `.npz`."""
+  try:
+    shapes = _npz_shapes(path)
+    with np.load(path) as f:
+      meta = json.loads(str(f["meta"]))
+      history = {k[8:]: f[k] for k in f.files if k.startswith("history_")}
+      units, acts = f["units"], f["activations"]
+  except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+    raise ValueError(f"{path}: not a readable stviz_jax result ({e})") from e
+  return SettingRun(
+      name=os.path.basename(os.path.dirname(path)), path=path, layer=meta["layer"],
+      units=np.asarray(units).astype(int), activations=np.asarray(acts, np.float64),
+      history=history, seed=int(meta["seed"]),
+      settings={k: tuple(v) for k, v in meta.get("settings", {}).items()},
+      a_hat_given=bool(meta.get("a_hat_given", False)), config=meta.get("config"),
+      shapes={k[7:]: tuple(s[1:]) for k, s in shapes.items() if k.startswith("inputs_")})
+
+
+def _setting_order(run: SettingRun):
+  flow = run.settings.get("flow", ())
+  return (tuple(float(v) for v in flow), run.name)
+
+
+def discover(workdir: str) -> list[LayerRuns]:
+  """Finds every `<layer>/<setting>/result.npz` under `workdir`, by layer."""
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"workdir {workdir!r} does not exist")
+  groups: dict[str, list[SettingRun]] = {}
+  for root, dirs, files in os.walk(workdir):
+    dirs[:] = sorted(d for d in dirs if not d.startswith(".") and
+                     os.path.join(root, d) != os.path.join(workdir, GALLERY_DIR))
+    if RESULT_FILE in files:
+      run = read_run(os.path.join(root, RESULT_FILE))
+      rel = os.path.relpath(os.path.dirname(root), workdir)
+      groups.setdefault(rel, []).append(run)
+  layers = []
+  for rel, runs in sorted(groups.items()):
+    runs.sort(key=_setting_order)
+    names = {r.layer for r in runs}
+    if len(names) > 1:
+      raise ValueError(f"{os.path.join(workdir, rel)}: settings of different layers "
+                       f"{sorted(names)} in one directory")
+    streams = {tuple(sorted(r.shapes)) for r in runs}
+    if len(streams) > 1:
+      raise ValueError(f"{os.path.join(workdir, rel)}: settings have different "
+                       f"streams {sorted(streams)}")
+    layers.append(LayerRuns(runs[0].layer, rel, runs))
+  return layers
+
+
+# --- dataset statistics (optional) ---------------------------------------------
+
+
+@dataclasses.dataclass
+class LayerStats:
+  """Per-unit dataset statistics of one layer (any field may be absent)."""
+
+  a_hat: np.ndarray | None = None
+  class_names: list[str] | None = None
+  per_class_max: np.ndarray | None = None
+  top_clips: dict[int, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+  top_thumbnails: np.ndarray | None = None
+
+
+def load_stats(path: str) -> dict[str, LayerStats]:
+  """Reads a statistics file (JSON or npz, schema in the module docstring).
+
+  Returns:
+    layer -> LayerStats; relative clip and thumbnail paths made absolute.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"statistics file {path!r} does not exist")
+  base = os.path.dirname(os.path.abspath(path))
+  absolute = lambda p: p if (not p or "://" in p or os.path.isabs(p)) else os.path.join(base, p)
+  out: dict[str, LayerStats] = {}
+  if path.endswith(".npz"):
+    with np.load(path, allow_pickle=False) as f:
+      names = [str(s) for s in f["class_names"]] if "class_names" in f.files else None
+      for key in f.files:
+        if "/" not in key:
+          continue
+        layer, field = key.rsplit("/", 1)
+        st = out.setdefault(layer, LayerStats(class_names=names))
+        if field in ("a_hat", "per_class_max", "top_thumbnails"):
+          setattr(st, field, np.asarray(f[key]))
+      for layer, st in out.items():
+        if f"{layer}/top_scores" in f.files:
+          scores = f[f"{layer}/top_scores"]
+          fields = {n: f[f"{layer}/top_{n}"] for n in ("labels", "videos", "frames")
+                    if f"{layer}/top_{n}" in f.files}
+          for u in range(scores.shape[0]):
+            clips = []
+            for k in range(scores.shape[1]):
+              clip = {"score": float(scores[u, k])}
+              if "labels" in fields:
+                clip["class"] = int(fields["labels"][u, k])
+              if "videos" in fields:
+                clip["video"] = absolute(str(fields["videos"][u, k]))
+              if "frames" in fields:
+                clip["frame"] = int(fields["frames"][u, k])
+              clips.append(clip)
+            st.top_clips[u] = clips
+  else:
+    try:
+      with open(path) as fh:
+        data = json.load(fh)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not valid JSON ({e})") from e
+    names = data.get("class_names")
+    for layer, d in data.get("layers", {}).items():
+      st = LayerStats(class_names=d.get("class_names", names))
+      for field in ("a_hat", "per_class_max"):
+        if d.get(field) is not None:
+          setattr(st, field, np.asarray(d[field], np.float64))
+      for unit, clips in d.get("top_clips", {}).items():
+        st.top_clips[int(unit)] = [
+            dict(c, **{k: absolute(c[k]) for k in ("video", "thumbnail") if c.get(k)})
+            for c in clips]
+      out[layer] = st
+  for layer, st in out.items():
+    if st.per_class_max is not None:
+      if st.class_names is None:
+        st.class_names = [str(i) for i in range(st.per_class_max.shape[-1])]
+      if st.per_class_max.ndim != 2 or st.per_class_max.shape[1] != len(st.class_names):
+        raise ValueError(f"{path}: layer {layer!r} per_class_max has shape "
+                         f"{st.per_class_max.shape}, expected (units, "
+                         f"{len(st.class_names)}) for {len(st.class_names)} class names")
+    for clips in st.top_clips.values():
+      for c in clips:
+        if isinstance(c.get("class"), (int, np.integer)) and st.class_names:
+          c["class"] = st.class_names[int(c["class"])]
+  return out
+
+
+def find_stats(workdir: str) -> str | None:
+  """`DIR/stats.json`, `DIR/stats.npz` or the config's `objective.a_hat_from`."""
+  for name in ("stats.json", "stats.npz"):
+    if os.path.isfile(os.path.join(workdir, name)):
+      return os.path.join(workdir, name)
+  cfg = _read_json(os.path.join(workdir, "config.json")) or {}
+  path = (cfg.get("objective") or {}).get("a_hat_from")
+  return path if path and os.path.isfile(path) else None
+
+
+# --- media and plots -----------------------------------------------------------
+
+
+def views_of(layer: LayerRuns, encodings: Sequence[str]) -> list[tuple[str, str, str]]:
+  """(view name, stream, flow encoding) shown per unit: appearance beside motion."""
+  views = []
+  for stream in layer.streams:
+    channels = layer.runs[0].shapes[stream][-1]
+    is_flow = stream == "flow" or channels == 2
+    if is_flow:
+      for enc in encodings:
+        views.append((stream if enc == "rgb" else f"{stream}_{enc}", stream, enc))
+    else:
+      views.append((stream, stream, "rgb"))
+  return views
+
+
+def _stale(path: str, source_mtime: float) -> bool:
+  return not os.path.exists(path) or os.path.getmtime(path) < source_mtime
+
+
+def ensure_media(layer: LayerRuns, encodings: Sequence[str] = ("rgb",),
+                 formats: Sequence[str] = DEFAULT_FORMATS, fps: float = 8.0) -> int:
+  """Renders every missing or outdated unit medium and raw-array file.
+
+  Returns:
+    The number of files written.
+  """
+  written = 0
+  for run in layer.runs:
+    src_mtime = os.path.getmtime(run.path)
+    inputs: dict[str, np.ndarray] = {}
+    for i, unit in enumerate(run.units):
+      stem = os.path.join(run.dir, f"unit_{int(unit):04d}")
+      for view, stream, enc in views_of(layer, encodings):
+        clip = run.shapes[stream][0] > 1
+        wanted = [f for f in formats if clip or f == "png"]
+        missing = [f for f in wanted if _stale(f"{stem}_{view}.{f}", src_mtime)]
+        if missing:
+          if stream not in inputs:
+            inputs[stream] = run.load_inputs(stream)
+          written += len(render.save_stream_media(
+              f"{stem}_{view}", stream, inputs[stream][i], missing, encoding=enc,
+              fps=fps, target_size=DISPLAY_SIZE))
+      if not os.path.exists(stem + ".npz"):
+        for s in run.shapes:
+          if s not in inputs:
+            inputs[s] = run.load_inputs(s)
+        arrays = {f"inputs_{s}": inputs[s][i] for s in run.shapes}
+        arrays.update(activation=np.float32(run.activations[i]), unit=np.int32(unit),
+                      seed=np.int32(run.seed),
+                      config=np.asarray(json.dumps(run.config or {})))
+        with render.atomic_path(stem + ".npz") as tmp:
+          with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        written += 1
+  return written
+
+
+def _layer_figure(layer: LayerRuns, out_stem: str, encodings: Sequence[str],
+                  max_units: int) -> dict[str, str] | None:
+  """The paper's figure for the most active units present under every setting."""
+  common = set(layer.units)
+  for r in layer.runs:
+    common &= {int(u) for u in r.units}
+  if not common:
+    return None
+  mean_act = {u: np.mean([r.activations[r.index(u)] for r in layer.runs]) for u in common}
+  units = sorted(sorted(common), key=lambda u: -mean_act[u])[:max_units]
+  units.sort()
+  inputs = {r.name: {s: r.load_inputs(s) for s in r.shapes} for r in layer.runs}
+  cells = [[{s: inputs[r.name][s][r.index(u)] for s in r.shapes} for r in layer.runs]
+           for u in units]
+  meta = {"layer": layer.layer, "units": units, "settings": [r.name for r in layer.runs],
+          "seed": layer.runs[0].seed}
+  return render.save_figure(out_stem, cells, [f"unit {u}" for u in units],
+                            [r.label(plain=True) for r in layer.runs],
+                            encoding=encodings[0], target_size=96, meta=meta)
+
+
+def _plots(layer: LayerRuns, out_dir: str, stats: LayerStats | None) -> None:
+  mtime = max(os.path.getmtime(r.path) for r in layer.runs)
+  units = layer.units
+  path = os.path.join(out_dir, "layer_activations.png")
+  if _stale(path, mtime):
+    acts = {}
+    for r in layer.runs:
+      a = np.full(len(units), np.nan)
+      for j, u in enumerate(units):
+        i = r.index(u)
+        if i is not None:
+          a[j] = r.activations[i]
+      acts[r.label()] = a
+    plots.layer_activations(path, units, acts, f"{layer.layer}: final activation per unit")
+  path = os.path.join(out_dir, "layer_objective.png")
+  if _stale(path, mtime) and all("objective" in r.history for r in layer.runs):
+    plots.layer_objective(path, {r.label(): r.history["objective"] for r in layer.runs},
+                          f"{layer.layer}: objective vs step")
+  for u in units:
+    path = os.path.join(out_dir, f"unit_{u:04d}_history.png")
+    if _stale(path, mtime):
+      hist = {r.label(): {k: v[r.index(u)] for k, v in r.history.items()}
+              for r in layer.runs if r.index(u) is not None}
+      plots.unit_history(path, hist, f"{layer.layer} unit {u}")
+    if stats is not None and stats.per_class_max is not None and u < len(stats.per_class_max):
+      path = os.path.join(out_dir, f"unit_{u:04d}_classes.png")
+      plots.class_activity(path, stats.class_names, stats.per_class_max[u], TOP_CLASSES,
+                           f"unit {u}: maximum activity per class")
+
+
+# --- HTML ----------------------------------------------------------------------
+
+
+_CSS = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 0 1.5em 2em; color: #222; }
+header { position: sticky; top: 0; background: #fff; padding: .6em 0; z-index: 2;
+         border-bottom: 1px solid #ddd; }
+h1 { font-size: 1.3em; margin: .2em 0; } h2 { font-size: 1.1em; margin-top: 1.4em; }
+a { color: #1a5fb4; } .crumbs { font-size: .9em; color: #666; }
+.controls { display: flex; flex-wrap: wrap; gap: 1.2em; align-items: center; }
+.controls fieldset { border: 1px solid #ccc; border-radius: 4px; padding: .2em .6em; }
+.controls label { margin-right: .6em; white-space: nowrap; }
+.tiles { display: flex; flex-wrap: wrap; gap: 10px; margin-top: 1em; }
+.tile { border: 1px solid #ddd; border-radius: 4px; padding: 4px; background: #fafafa; }
+.tile .media, .row .media { display: flex; gap: 3px; }
+.tile .cap { font-size: .85em; display: flex; justify-content: space-between; gap: .5em; }
+.tile.missing .media { opacity: .15; }
+img.m, video.m { display: block; background: #eee; image-rendering: pixelated; }
+.view { text-align: center; font-size: .75em; color: #666; }
+table.rows td, table.rows th { padding: 4px 8px; vertical-align: middle; text-align: left; }
+table.clips td, table.clips th { padding: 2px 8px; text-align: left; }
+pre { background: #f4f4f4; padding: .8em; overflow: auto; max-height: 30em; font-size: .8em; }
+.plots img { max-width: 100%; } .note { color: #666; font-size: .9em; }
+.card { display: inline-block; vertical-align: top; margin: 0 1em 1em 0; padding: .5em;
+        border: 1px solid #ddd; border-radius: 4px; }
+.legend { display: inline-flex; align-items: center; gap: .4em; font-size: .85em; }
+"""
+
+# Lazy media: a video gets its source only when near the viewport and pauses
+# when it leaves (hundreds of decoders would stall the page); images rely on
+# loading="lazy". Sources are `data-stem` with "{setting}" replaced by the
+# selected setting, plus the best format this browser plays.
+_JS = r"""
+(function () {
+  'use strict';
+  const dataEl = document.getElementById('gallery-data');
+  const G = dataEl ? JSON.parse(dataEl.textContent) : {settings: []};
+  const probe = document.createElement('video');
+  const videoExt = probe.canPlayType('video/webm; codecs="vp9"') ? 'webm'
+      : (probe.canPlayType('video/mp4; codecs="avc1.42E01E"') ? 'mp4' : 'gif');
+  document.documentElement.dataset.videoFormat = videoExt;
+  let current = null;
+
+  function url(el) {
+    const stem = el.dataset.stem.split('{setting}').join(encodeURIComponent(current || ''));
+    return stem + '.' + (el.tagName === 'VIDEO' ? videoExt : (el.dataset.ext || 'png'));
+  }
+  function loadVideo(v) {
+    const want = url(v);
+    if (v.getAttribute('src') !== want) { v.src = want; }
+    const p = v.play(); if (p) { p.catch(function () {}); }
+  }
+  const io = ('IntersectionObserver' in window) ? new IntersectionObserver(function (es) {
+    es.forEach(function (e) {
+      const v = e.target; v._visible = e.isIntersecting;
+      if (e.isIntersecting) { loadVideo(v); } else if (!v.paused) { v.pause(); }
+    });
+  }, {rootMargin: '300px 0px'}) : null;
+
+  function gifFallback(v) {  // a browser without VP9 or H.264: looping GIF instead.
+    const img = document.createElement('img');
+    img.className = v.className; img.dataset.stem = v.dataset.stem; img.dataset.ext = 'gif';
+    img.width = v.width; img.height = v.height; img.loading = 'lazy'; img.alt = v.title;
+    img.src = url(img); v.replaceWith(img);
+  }
+  function setupVideos() {
+    document.querySelectorAll('video[data-stem]').forEach(function (v) {
+      if (videoExt === 'gif') { gifFallback(v); return; }
+      if (io) { io.observe(v); } else { loadVideo(v); }
+    });
+  }
+  function show(name) {
+    if (!G.settings.some(function (s) { return s.name === name; })) { return; }
+    current = name;
+    document.querySelectorAll('input[name=setting]').forEach(function (r) {
+      r.checked = (r.value === name); });
+    document.querySelectorAll('.tile').forEach(function (t) {
+      const acts = JSON.parse(t.dataset.acts || '{}');
+      const have = name in acts;
+      t.classList.toggle('missing', !have);
+      const cap = t.querySelector('.act');
+      if (cap) { cap.textContent = have ? 'a = ' + acts[name].toPrecision(3) : 'not run'; }
+    });
+    document.querySelectorAll('img[data-stem]').forEach(function (img) {
+      const want = url(img); if (img.getAttribute('src') !== want) { img.src = want; } });
+    document.querySelectorAll('video[data-stem]').forEach(function (v) {
+      if (v._visible || !io) { loadVideo(v); } });
+    if (G.settings.length > 1) { history.replaceState(null, '', '#setting=' + encodeURIComponent(name)); }
+    sortTiles();
+  }
+  function sortTiles() {
+    const box = document.querySelector('.tiles'); const sel = document.getElementById('sort');
+    if (!box || !sel) { return; }
+    const tiles = Array.from(box.children);
+    const key = function (t) {
+      if (sel.value === 'unit') { return Number(t.dataset.unit); }
+      const a = JSON.parse(t.dataset.acts || '{}')[current];
+      return a === undefined ? Infinity : -a;
+    };
+    tiles.sort(function (a, b) { return key(a) - key(b); });
+    tiles.forEach(function (t) { box.appendChild(t); });
+  }
+  function filterTiles() {
+    const q = document.getElementById('find').value.trim();
+    document.querySelectorAll('.tile').forEach(function (t) {
+      t.style.display = (!q || t.dataset.unit === q) ? '' : 'none'; });
+  }
+  window.galleryShow = show;
+  document.addEventListener('DOMContentLoaded', function () {
+    document.querySelectorAll('input[name=setting]').forEach(function (r) {
+      r.addEventListener('change', function () { show(r.value); }); });
+    const sel = document.getElementById('sort'); if (sel) { sel.addEventListener('change', sortTiles); }
+    const find = document.getElementById('find'); if (find) { find.addEventListener('input', filterTiles); }
+    document.addEventListener('keydown', function (e) {  // [ and ] step through settings.
+      if (e.target.tagName === 'INPUT' && e.target.type === 'search') { return; }
+      const i = G.settings.findIndex(function (s) { return s.name === current; });
+      if (e.key === ']' && i + 1 < G.settings.length) { show(G.settings[i + 1].name); }
+      if (e.key === '[' && i > 0) { show(G.settings[i - 1].name); }
+    });
+    const m = /setting=([^&]+)/.exec(location.hash);
+    current = m ? decodeURIComponent(m[1]) : (G.initial || null);
+    if (!G.settings.some(function (s) { return s.name === current; })) { current = G.initial || null; }
+    setupVideos();
+    if (current) { show(current); }
+  });
+})();
+"""
+
+
+def _e(text: Any) -> str:
+  return html.escape(str(text), quote=True)
+
+
+def _url(from_dir: str, target: str) -> str:
+  """Relative, percent-encoded URL from a page's folder to a file."""
+  rel = os.path.relpath(target, from_dir)
+  return "/".join(urllib.parse.quote(part) for part in rel.split(os.sep))
+
+
+def _page(title: str, body: str, css: str, js: str, data: Mapping | None = None) -> str:
+  script = ""
+  if data is not None:
+    payload = json.dumps(data).replace("</", "<\\/")
+    script = f'<script type="application/json" id="gallery-data">{payload}</script>\n'
+  return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
+          f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+          f"<title>{_e(title)}</title>\n<link rel=\"stylesheet\" href=\"{css}\">\n"
+          f"{script}<script src=\"{js}\"></script>\n</head><body>\n{body}\n</body></html>\n")
+
+
+def _write(path: str, text: str) -> None:
+  render.atomic_write(path, text.encode("utf-8"))
+
+
+def _read_json(path: str) -> Any:
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _media_size(run: SettingRun, stream: str) -> tuple[int, int]:
+  _, h, w, _ = run.shapes[stream]
+  f = render.display_scale(h, DISPLAY_SIZE)
+  return w * f, h * f
+
+
+def _media(page_dir: str, layer: LayerRuns, run: SettingRun, unit: int,
+           view: str, stream: str, templated: bool) -> str:
+  """An <img> (still input) or a lazily loaded looping <video> (clip)."""
+  setting = "{setting}" if templated else run.name
+  stem = os.path.join(os.path.dirname(run.dir), "SETTING", f"unit_{unit:04d}_{view}")
+  stem_url = _url(page_dir, stem).replace("SETTING", setting)
+  w, h = _media_size(run, stream)
+  title = f"unit {unit} {view}"
+  if run.shapes[stream][0] > 1:
+    return (f'<video class="m" muted loop playsinline preload="none" width="{w}" '
+            f'height="{h}" data-stem="{_e(stem_url)}" title="{_e(title)}"></video>')
+  src = stem_url.replace("{setting}", urllib.parse.quote(run.name))
+  return (f'<img class="m" loading="lazy" decoding="async" width="{w}" height="{h}" '
+          f'src="{_e(src)}.png" data-stem="{_e(stem_url)}" data-ext="png" '
+          f'alt="{_e(title)}">')
+
+
+_FLOW_KEY = ("flow colours: <b style=\"color:#c00\">R</b> = horizontal (right +), "
+             "<b style=\"color:#080\">G</b> = vertical (down +), "
+             "<b style=\"color:#00c\">B</b> = magnitude; each min-max over its whole video")
+
+
+def _legend_html(page_dir: str, gallery_dir: str, encodings: Sequence[str],
+                 has_flow: bool) -> str:
+  if not has_flow:
+    return ""
+  parts = [f'<span class="legend">{_FLOW_KEY}</span>']
+  if "hsv" in encodings:
+    url = _url(page_dir, os.path.join(gallery_dir, "flow_legend_hsv.png"))
+    parts.append(f'<span class="legend"><img src="{url}" width="32" height="32" '
+                 f'alt="HSV flow key">HSV: hue = direction, brightness = speed</span>')
+  return " ".join(parts)
+
+
+def _layer_page(workdir: str, layer: LayerRuns, page_dir: str, encodings: Sequence[str],
+                stats: LayerStats | None, figure: Mapping[str, str] | None,
+                model: str) -> str:
+  gallery_dir = os.path.join(workdir, GALLERY_DIR)
+  views = views_of(layer, encodings)
+  ref = layer.runs[0]
+  settings = [{"name": r.name, "label": r.label()} for r in layer.runs]
+  tiles = []
+  for u in layer.units:
+    acts = {r.name: float(r.activations[r.index(u)]) for r in layer.runs
+            if r.index(u) is not None}
+    media = "".join(_media(page_dir, layer, ref, u, v, s, templated=True)
+                    for v, s, _ in views)
+    extra = ""
+    if stats is not None and stats.per_class_max is not None and u < len(stats.per_class_max):
+      best = int(np.argmax(stats.per_class_max[u]))
+      extra = f'<span title="class of maximum activity">{_e(stats.class_names[best])}</span>'
+    tiles.append(
+        f'<div class="tile" data-unit="{u}" data-acts="{_e(json.dumps(acts))}">'
+        f'<div class="media">{media}</div><div class="cap">'
+        f'<a href="unit_{u:04d}.html">unit {u}</a>{extra}<span class="act"></span>'
+        f'</div></div>')
+  radios = "".join(
+      f'<label><input type="radio" name="setting" value="{_e(s["name"])}"'
+      f'{" checked" if i == 0 else ""}> {_e(s["label"])}</label>'
+      for i, s in enumerate(settings))
+  view_names = " | ".join(_e(v) for v, _, _ in views)
+  fig = ""
+  if figure:
+    links = ", ".join(f'<a href="{_url(page_dir, p)}">{k.upper()}</a>'
+                      for k, p in figure.items())
+    shown = figure.get("gif", figure["png"])
+    fig = (f'<h2>Figure</h2><p class="note">The paper’s layout: rows are the most '
+           f'active units (mean over settings), columns the settings, each cell '
+           f'appearance beside motion. Files: {links} (the NPZ holds the raw arrays).</p>'
+           f'<img loading="lazy" src="{_url(page_dir, shown)}" alt="figure" '
+           f'style="max-width:100%">')
+  has_flow = any(s == "flow" or ref.shapes[s][-1] == 2 for s in layer.streams)
+  body = f"""<header>
+<div class="crumbs"><a href="{_url(page_dir, os.path.join(workdir, 'index.html'))}">run</a> / {_e(layer.layer)}</div>
+<h1>{_e(model)} · layer {_e(layer.layer)} · {len(layer.units)} units</h1>
+<div class="controls">
+<fieldset><legend>regularisation ([ / ] keys)</legend>{radios}</fieldset>
+<label>sort <select id="sort"><option value="unit">by unit</option>
+<option value="act">by activation</option></select></label>
+<label>unit <input id="find" type="search" size="5" placeholder="#"></label>
+<span class="note">each tile: {view_names}</span>
+</div>
+<div>{_legend_html(page_dir, gallery_dir, encodings, has_flow)}</div>
+</header>
+<div class="tiles">
+{chr(10).join(tiles)}
+</div>
+<h2>Layer plots</h2>
+<div class="plots"><img loading="lazy" src="layer_activations.png" alt="final activation per unit">
+{'<img loading="lazy" src="layer_objective.png" alt="objective vs step">' if os.path.exists(os.path.join(page_dir, 'layer_objective.png')) else ''}</div>
+{fig}
+"""
+  data = {"settings": settings, "initial": settings[0]["name"], "layer": layer.layer}
+  return _page(f"{layer.layer} · {model}", body,
+               _url(page_dir, os.path.join(gallery_dir, "gallery.css")),
+               _url(page_dir, os.path.join(gallery_dir, "gallery.js")), data)
+
+
+def _stats_html(page_dir: str, unit: int, stats: LayerStats | None) -> str:
+  if stats is None:
+    return ('<p class="note">No dataset statistics for this layer. Compute them with '
+            '<code>python -m stviz_jax.stats</code> and rebuild with '
+            '<code>python -m stviz_jax.gallery --workdir=DIR --stats=PATH</code>.</p>')
+  parts = []
+  if stats.a_hat is not None and unit < len(stats.a_hat):
+    parts.append(f"<p>maximum activation on the dataset â = {float(stats.a_hat[unit]):.4g}</p>")
+  chart = os.path.join(page_dir, f"unit_{unit:04d}_classes.png")
+  if os.path.exists(chart):
+    parts.append(f'<img loading="lazy" src="{_url(page_dir, chart)}" '
+                 f'alt="maximum activity per class">')
+  clips = stats.top_clips.get(unit, [])
+  if clips:
+    rows = []
+    for k, c in enumerate(clips):
+      thumb = ""
+      if c.get("thumbnail"):
+        thumb = (f'<img class="m" loading="lazy" height="64" '
+                 f'src="{_e(_link(page_dir, c["thumbnail"]))}" alt="clip {k + 1}">')
+      elif stats.top_thumbnails is not None and unit < len(stats.top_thumbnails):
+        thumb_path = _thumbnail(page_dir, unit, k, stats.top_thumbnails[unit][k])
+        thumb = (f'<img class="m" loading="lazy" height="64" '
+                 f'src="{_url(page_dir, thumb_path)}" alt="clip {k + 1}">')
+      video = c.get("video", "")
+      video_html = f'<a href="{_e(_link(page_dir, video))}">{_e(os.path.basename(video))}</a>' if video else ""
+      where = ", ".join(f"{key} {c[key]}" for key in ("frame", "y", "x") if key in c)
+      rows.append(f"<tr><td>{k + 1}</td><td>{thumb}</td><td>{_e(c.get('class', ''))}</td>"
+                  f"<td>{float(c.get('score', np.nan)):.4g}</td><td>{video_html}</td>"
+                  f"<td>{_e(where)}</td></tr>")
+    parts.append('<table class="clips"><tr><th>#</th><th></th><th>class</th><th>activation'
+                 '</th><th>clip</th><th>where</th></tr>' + "".join(rows) + "</table>")
+  return "\n".join(parts) or '<p class="note">No statistics for this unit.</p>'
+
+
+def _link(page_dir: str, target: str) -> str:
+  return target if "://" in target else _url(page_dir, target)
+
+
+def _thumbnail(page_dir: str, unit: int, k: int, pixels: np.ndarray) -> str:
+  stem = os.path.join(page_dir, "stats", f"unit_{unit:04d}_top{k + 1}")
+  pixels = np.asarray(pixels, np.uint8)
+  if pixels.ndim == 4:
+    return render.save_frames(stem, pixels, ("gif",))["gif"]
+  return render.save_frames(stem, pixels[None], ("png",))["png"]
+
+
+def _unit_page(workdir: str, layer: LayerRuns, page_dir: str, unit: int,
+               prev_unit: int | None, next_unit: int | None, encodings: Sequence[str],
+               stats: LayerStats | None, model: str) -> str:
+  gallery_dir = os.path.join(workdir, GALLERY_DIR)
+  views = views_of(layer, encodings)
+  head = "".join(f"<th>{_e(v)}</th>" for v, _, _ in views)
+  rows, downloads, configs = [], [], []
+  for r in layer.runs:
+    i = r.index(unit)
+    if i is None:
+      rows.append(f"<tr><th>{_e(r.label())}</th><td colspan=\"{len(views) + 1}\">"
+                  "not run for this setting</td></tr>")
+      continue
+    cells = "".join(f"<td>{_media(page_dir, layer, r, unit, v, s, templated=False)}</td>"
+                    for v, s, _ in views)
+    rows.append(f"<tr><th>{_e(r.label())}</th>{cells}<td>{float(r.activations[i]):.4g}</td></tr>")
+    files = sorted(f for f in os.listdir(r.dir) if f.startswith(f"unit_{unit:04d}"))
+    downloads.append(f"<li>{_e(r.label())}: " + ", ".join(
+        f'<a href="{_url(page_dir, os.path.join(r.dir, f))}">{_e(f)}</a>' for f in files)
+                     + f' (all units: <a href="{_url(page_dir, r.path)}">{RESULT_FILE}</a>)</li>')
+    configs.append({"setting": r.name, "seed": r.seed, "regularisation (kappa, gamma)":
+                    {k: list(v) for k, v in r.settings.items()},
+                    "a_hat_given": r.a_hat_given})
+  config = layer.runs[0].config or _read_json(os.path.join(workdir, "config.json"))
+  nav = " · ".join(
+      f'<a href="unit_{u:04d}.html">{label} unit {u}</a>'
+      for u, label in ((prev_unit, "←"), (next_unit, "→")) if u is not None)
+  has_flow = any(s == "flow" or layer.runs[0].shapes[s][-1] == 2 for s in layer.streams)
+  hist = f"unit_{unit:04d}_history.png"
+  body = f"""<header>
+<div class="crumbs"><a href="{_url(page_dir, os.path.join(workdir, 'index.html'))}">run</a> /
+<a href="index.html">{_e(layer.layer)}</a> / unit {unit} &nbsp; {nav}</div>
+<h1>{_e(model)} · {_e(layer.layer)} · unit {unit}</h1>
+<div>{_legend_html(page_dir, gallery_dir, encodings, has_flow)}</div>
+</header>
+<h2>Inputs that maximise the unit</h2>
+<table class="rows"><tr><th>setting</th>{head}<th>final activation</th></tr>
+{chr(10).join(rows)}
+</table>
+<h2>Optimisation</h2>
+<div class="plots"><img loading="lazy" src="{hist}" alt="objective and activation vs step"></div>
+<h2>Dataset statistics</h2>
+{_stats_html(page_dir, unit, stats)}
+<h2>Raw arrays and media</h2>
+<ul>{''.join(downloads)}</ul>
+<h2>Exact config and seed</h2>
+<p>seed = {layer.runs[0].seed} (unit {unit} starts from noise drawn from
+<code>fold_in(PRNGKey(seed), {unit})</code>)</p>
+<pre>{_e(json.dumps(configs, indent=2))}</pre>
+<pre>{_e(json.dumps(config, indent=2))}</pre>
+"""
+  return _page(f"{layer.layer} unit {unit} · {model}", body,
+               _url(page_dir, os.path.join(gallery_dir, "gallery.css")),
+               _url(page_dir, os.path.join(gallery_dir, "gallery.js")),
+               {"settings": [], "initial": None})
+
+
+def _index_page(workdir: str, layers: Sequence[LayerRuns], figures: Mapping[str, Any],
+                model: str, stats_path: str | None) -> str:
+  gallery_dir = os.path.join(workdir, GALLERY_DIR)
+  cards = []
+  for layer in layers:
+    page = os.path.join(gallery_dir, layer.rel_dir, "index.html")
+    fig = figures.get(layer.rel_dir)
+    thumb = (f'<br><img loading="lazy" src="{_url(workdir, fig.get("gif", fig["png"]))}" '
+             f'alt="figure" style="max-width:480px">' if fig else "")
+    settings = " | ".join(_e(r.label()) for r in layer.runs)
+    cards.append(f'<div class="card"><a href="{_url(workdir, page)}"><b>{_e(layer.layer)}</b>'
+                 f'</a> · {len(layer.units)} units · {settings}{thumb}</div>')
+  summary = _read_json(os.path.join(workdir, "summary.json")) or {}
+  seed = layers[0].runs[0].seed if layers else summary.get("seed")
+  links = [f'<a href="{f}">{f}</a>' for f in ("config.json", "summary.json")
+           if os.path.exists(os.path.join(workdir, f))]
+  info = f"seed {seed}"
+  if "seconds" in summary:
+    info += f" · optimised in {summary['seconds']} s"
+  if stats_path:
+    info += f" · statistics: {_e(stats_path)}"
+  body = f"""<header><h1>{_e(model)} · activation maximisation</h1>
+<div class="note">{info} · {' · '.join(links)}</div></header>
+<h2>Layers</h2>
+{chr(10).join(cards) or '<p>No results found (no */*/result.npz).</p>'}
+"""
+  return _page(f"{model} · stviz_jax", body,
+               _url(workdir, os.path.join(gallery_dir, "gallery.css")),
+               _url(workdir, os.path.join(gallery_dir, "gallery.js")), None)
+
+
+def build(workdir: str, stats: str | None = None, encodings: Sequence[str] = ("rgb",),
+          formats: Sequence[str] = DEFAULT_FORMATS, fps: float = 8.0,
+          figure_units: int = FIGURE_UNITS) -> str:
+  """Writes the gallery of everything under `workdir`; returns `index.html`'s path.
+
+  Args:
+    workdir: a job's work directory (`<layer>/<setting>/result.npz` inside).
+    stats: optional statistics file (JSON or npz; schema in the module
+      docstring); default `find_stats(workdir)`.
+    encodings: flow colourings shown side by side: "rgb" (the paper's
+      R, G, B = u, v, |f|) and/or "hsv" (colour wheel).
+    formats: media written per unit and stream when missing ("png" always
+      used; "webm" and "mp4" are the in-page videos, "gif" the fallback).
+    fps: frame rate of rendered videos.
+    figure_units: rows of each layer's figure (the most active units).
+
+  Returns:
+    The path of `workdir/index.html`.
+  """
+  encodings = tuple(encodings)
+  if not encodings or any(e not in render.ENCODINGS for e in encodings):
+    raise ValueError(f"encodings {encodings!r}: choose from {render.ENCODINGS}")
+  formats = tuple(dict.fromkeys(("png",) + tuple(formats)))
+  workdir = os.path.abspath(workdir)
+  layers = discover(workdir)
+  stats_path = stats or find_stats(workdir)
+  all_stats = load_stats(stats_path) if stats_path else {}
+  gallery_dir = os.path.join(workdir, GALLERY_DIR)
+  os.makedirs(gallery_dir, exist_ok=True)
+  _write(os.path.join(gallery_dir, "gallery.css"), _CSS)
+  _write(os.path.join(gallery_dir, "gallery.js"), _JS)
+  if "hsv" in encodings:
+    render.save_png(os.path.join(gallery_dir, "flow_legend_hsv.png"),
+                    render.flow_legend(64, "hsv"))
+  config = _read_json(os.path.join(workdir, "config.json")) or {}
+  model = (_read_json(os.path.join(workdir, "summary.json")) or {}).get(
+      "model", config.get("model", "model"))
+  figures = {}
+  for layer in layers:
+    page_dir = os.path.join(gallery_dir, layer.rel_dir)
+    os.makedirs(page_dir, exist_ok=True)
+    n = ensure_media(layer, encodings, formats, fps)
+    stats_layer = all_stats.get(layer.layer)
+    _plots(layer, page_dir, stats_layer)
+    fig_stem = os.path.join(page_dir, "figure")
+    mtime = max(os.path.getmtime(r.path) for r in layer.runs)
+    if _stale(fig_stem + ".npz", mtime):
+      figures[layer.rel_dir] = _layer_figure(layer, fig_stem, encodings, figure_units)
+    else:
+      figures[layer.rel_dir] = {f: f"{fig_stem}.{f}" for f in ("png", "gif", "mp4", "npz")
+                                if os.path.exists(f"{fig_stem}.{f}")}
+    _write(os.path.join(page_dir, "index.html"),
+           _layer_page(workdir, layer, page_dir, encodings, stats_layer,
+                       figures[layer.rel_dir], model))
+    units = layer.units
+    for k, u in enumerate(units):
+      _write(os.path.join(page_dir, f"unit_{u:04d}.html"),
+             _unit_page(workdir, layer, page_dir, u, units[k - 1] if k else None,
+                        units[k + 1] if k + 1 < len(units) else None, encodings,
+                        stats_layer, model))
+    logging.info("gallery: layer %s, %d units, %d settings, %d media rendered",
+                 layer.layer, len(units), len(layer.runs), n)
+  index = os.path.join(workdir, "index.html")
+  _write(index, _index_page(workdir, layers, figures, model, stats_path))
+  logging.info("gallery: open file://%s", index)
+  return index
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {list(argv)[1:]}")
+  logging.set_verbosity(logging.INFO)
+  f = flags.FLAGS
+  build(f.workdir, stats=f.stats or None,
+        encodings=[e.strip() for e in f.encodings.split(",") if e.strip()],
+        fps=f.fps, figure_units=f.figure_units)
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program: the job imports this module under its
+  # own flags (--workdir among them).
+  flags.DEFINE_string("workdir", None, "Work directory of a run (stviz_jax.main).")
+  flags.DEFINE_string("stats", "", "Optional statistics file (JSON or npz).")
+  flags.DEFINE_string("encodings", "rgb", "Flow colourings, comma separated: rgb, hsv.")
+  flags.DEFINE_float("fps", 8.0, "Frame rate of rendered videos.")
+  flags.DEFINE_integer("figure_units", FIGURE_UNITS, "Rows of each layer's figure.")
+  flags.mark_flag_as_required("workdir")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

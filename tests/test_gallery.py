@@ -1,0 +1,262 @@
+"""The HTML gallery of a tiny run: every link resolves, the content is the run's."""
+
+import html.parser
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from stviz_jax import gallery, job, plots, render
+from stviz_jax.config import default_config
+from stviz_jax.optimize import Result
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  """The main job on the tiny model: 3 units x gamma in {0, 10}, 4 steps.
+
+  Shared (read-only) with the other gallery test module of this session.
+  """
+  workdir = tmp_path_factory.getbasetemp() / "tiny_gallery_run"
+  if not (workdir / "index.html").exists():
+    config = default_config()
+    config.units = "0-2"
+    config.steps = 4
+    config.gammas = (0.0, 10.0)
+    job.run(config, str(workdir))  # builds the gallery at its end.
+  return str(workdir)
+
+
+class _Links(html.parser.HTMLParser):
+  """Collects src/href/data-stem attributes and <pre> blocks of a page."""
+
+  def __init__(self):
+    super().__init__()
+    self.refs, self.stems, self.pres, self.tags = [], [], [], []
+    self._in_pre = False
+
+  def handle_starttag(self, tag, attrs):
+    attrs = dict(attrs)
+    self.tags.append((tag, attrs))
+    for key in ("src", "href"):
+      if attrs.get(key):
+        self.refs.append(attrs[key])
+    if attrs.get("data-stem"):
+      self.stems.append((tag, attrs["data-stem"], attrs.get("data-ext", "png")))
+    if tag == "pre":
+      self._in_pre = True
+      self.pres.append("")
+
+  def handle_endtag(self, tag):
+    if tag == "pre":
+      self._in_pre = False
+
+  def handle_data(self, data):
+    if self._in_pre:
+      self.pres[-1] += data
+
+
+def _parse(path):
+  p = _Links()
+  with open(path, encoding="utf-8") as f:
+    p.feed(f.read())
+  return p
+
+
+def _pages(workdir):
+  out = []
+  for root, _, files in os.walk(workdir):
+    out += [os.path.join(root, f) for f in files if f.endswith(".html")]
+  return sorted(out)
+
+
+def _local(page, ref):
+  from urllib.parse import unquote
+  ref = ref.split("#")[0]
+  return os.path.normpath(os.path.join(os.path.dirname(page), unquote(ref)))
+
+
+def test_job_writes_gallery_and_every_link_resolves(run_dir):
+  pages = _pages(run_dir)
+  names = {os.path.relpath(p, run_dir) for p in pages}
+  assert names == {"index.html", "gallery/fusion/index.html",
+                   "gallery/fusion/unit_0000.html", "gallery/fusion/unit_0001.html",
+                   "gallery/fusion/unit_0002.html"}
+  settings = ["kappa1_gamma0", "kappa1_gamma10"]
+  checked = 0
+  for page in pages:
+    p = _parse(page)
+    for ref in p.refs:
+      assert "://" not in ref, (page, ref)           # offline: no server, no network
+      assert os.path.isfile(_local(page, ref)), (page, ref)
+      checked += 1
+    for tag, stem, ext in p.stems:
+      exts = ["webm", "mp4", "gif"] if tag == "video" else [ext]
+      for s in settings if "{setting}" in stem else [None]:
+        for e in exts:
+          target = _local(page, stem.replace("{setting}", s or "") + "." + e)
+          assert os.path.isfile(target), (page, target)
+          checked += 1
+  assert checked > 50
+
+
+def test_layer_page_tiles_and_setting_switch(run_dir):
+  page = os.path.join(run_dir, "gallery", "fusion", "index.html")
+  p = _parse(page)
+  tiles = [a for t, a in p.tags if t == "div" and a.get("class") == "tile"]
+  assert [int(a["data-unit"]) for a in tiles] == [0, 1, 2]
+  radios = [a["value"] for t, a in p.tags if t == "input" and a.get("name") == "setting"]
+  assert radios == ["kappa1_gamma0", "kappa1_gamma10"]
+  with open(os.path.join(run_dir, "summary.json")) as f:
+    summary = json.load(f)["layers"]["fusion"]
+  for a in tiles:
+    acts = json.loads(a["data-acts"])
+    for s in radios:
+      assert acts[s] == pytest.approx(summary[s]["activations"][a["data-unit"]])
+  videos = [a for t, a in p.tags if t == "video"]
+  assert len(videos) == 3
+  assert all(a["preload"] == "none" and "src" not in a and "loop" in a for a in videos)
+  imgs = [a for t, a in p.tags if t == "img" and "data-stem" in a]
+  assert len(imgs) == 3 and all(a["loading"] == "lazy" for a in imgs)
+  with open(page) as f:
+    text = f.read()
+  assert "κ=1, γ=10" in text
+
+
+def test_unit_page_has_config_seed_history_and_rows(run_dir):
+  page = os.path.join(run_dir, "gallery", "fusion", "unit_0001.html")
+  p = _parse(page)
+  with open(os.path.join(run_dir, "config.json")) as f:
+    config = json.load(f)
+  per_setting, exact = (json.loads(t) for t in p.pres)
+  assert exact == config
+  assert [c["setting"] for c in per_setting] == ["kappa1_gamma0", "kappa1_gamma10"]
+  assert [c["regularisation (kappa, gamma)"]["flow"] for c in per_setting] == [[1, 0], [1, 10]]
+  assert all(c["seed"] == config["seed"] for c in per_setting)
+  # One row per setting, each with the appearance image and the flow video of unit 1.
+  srcs = [a.get("src") or a.get("data-stem") for t, a in p.tags if t in ("img", "video")
+          and "data-stem" in a]
+  assert srcs == ["../../fusion/kappa1_gamma0/unit_0001_rgb.png",
+                  "../../fusion/kappa1_gamma0/unit_0001_flow",
+                  "../../fusion/kappa1_gamma10/unit_0001_rgb.png",
+                  "../../fusion/kappa1_gamma10/unit_0001_flow"]
+  hist = iio.imread(os.path.join(run_dir, "gallery", "fusion", "unit_0001_history.png"))
+  assert hist.shape[0] > 100 and hist.std() > 10          # a drawn plot, not blank
+  with open(page) as f:
+    text = f.read()
+  assert "No dataset statistics" in text
+
+
+def test_figure_holds_the_most_active_units_raw_arrays(run_dir):
+  cells, rows, cols = render.load_figure_cells(
+      os.path.join(run_dir, "gallery", "fusion", "figure.npz"))
+  assert rows == ["unit 0", "unit 1", "unit 2"]
+  assert cols == ["kappa=1 gamma=0", "kappa=1 gamma=10"]
+  for j, s in enumerate(["kappa1_gamma0", "kappa1_gamma10"]):
+    result = Result.load(os.path.join(run_dir, "fusion", s, "result.npz"))
+    for i in range(3):
+      for stream in ("rgb", "flow"):
+        np.testing.assert_array_equal(cells[i][j][stream], result.inputs[stream][i])
+
+
+def test_missing_media_are_rerendered_identically(run_dir, tmp_path):
+  """A sweep that only wrote result.npz still gets every medium and raw array."""
+  work = str(tmp_path / "w")
+  for s in ("kappa1_gamma0", "kappa1_gamma10"):
+    os.makedirs(os.path.join(work, "fusion", s))
+    shutil.copy(os.path.join(run_dir, "fusion", s, "result.npz"),
+                os.path.join(work, "fusion", s))
+  shutil.copy(os.path.join(run_dir, "config.json"), work)
+  # The command line, as a researcher runs it.
+  proc = subprocess.run([sys.executable, "-m", "stviz_jax.gallery", f"--workdir={work}",
+                         "--encodings=rgb,hsv"], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  for s in ("kappa1_gamma0", "kappa1_gamma10"):
+    for u in range(3):
+      stem = f"unit_{u:04d}"
+      for name in (f"{stem}_rgb.png", f"{stem}_flow.png"):
+        np.testing.assert_array_equal(iio.imread(os.path.join(work, "fusion", s, name)),
+                                      iio.imread(os.path.join(run_dir, "fusion", s, name)))
+      for ext in ("gif", "mp4", "webm"):
+        assert os.path.getsize(os.path.join(work, "fusion", s, f"{stem}_flow_hsv.{ext}"))
+      with np.load(os.path.join(work, "fusion", s, stem + ".npz")) as a, \
+          np.load(os.path.join(run_dir, "fusion", s, stem + ".npz")) as b:
+        for key in ("inputs_rgb", "inputs_flow", "activation", "unit", "seed"):
+          np.testing.assert_array_equal(a[key], b[key])
+  with open(os.path.join(work, "gallery", "fusion", "index.html")) as f:
+    text = f.read()
+  assert "flow_hsv" in text and "flow_legend_hsv.png" in text
+  assert os.path.isfile(os.path.join(work, "gallery", "flow_legend_hsv.png"))
+
+
+def _stats_json(path, units=16, classes=12):
+  rng = np.random.default_rng(0)
+  per_class = rng.uniform(size=(units, classes))
+  names = [f"class{k:02d}" for k in range(classes)]
+  thumb = os.path.join(os.path.dirname(path), "thumb.png")
+  render.save_png(thumb, np.zeros((8, 8, 3), np.uint8))
+  data = {"class_names": names, "layers": {"fusion": {
+      "a_hat": list(np.arange(units) + 0.5),
+      "per_class_max": per_class.tolist(),
+      "top_clips": {"1": [{"score": 9.5, "class": 3, "video": "clips/a.avi", "frame": 7,
+                           "thumbnail": "thumb.png"}]}}}}
+  with open(path, "w") as f:
+    json.dump(data, f)
+  return per_class, names
+
+
+def test_statistics_are_shown_when_given(run_dir, tmp_path):
+  work = str(tmp_path / "w")
+  shutil.copytree(run_dir, work)
+  stats_path = str(tmp_path / "stats.json")
+  per_class, names = _stats_json(stats_path)
+  gallery.build(work, stats=stats_path)
+  with open(os.path.join(work, "gallery", "fusion", "unit_0001.html")) as f:
+    text = f.read()
+  assert "â = 1.5" in text                               # a_hat of unit 1
+  assert "class03" in text and "9.5" in text and "frame 7" in text
+  assert "No dataset statistics" not in text
+  assert os.path.isfile(os.path.join(work, "gallery", "fusion", "unit_0001_classes.png"))
+  with open(os.path.join(work, "gallery", "fusion", "index.html")) as f:
+    layer_page = f.read()
+  best = names[int(np.argmax(per_class[2]))]
+  assert re.search(r'data-unit="2".*?' + best, layer_page, re.S)
+  # The same statistics as npz load to the same values.
+  npz = str(tmp_path / "stats.npz")
+  np.savez(npz, class_names=np.asarray(names), **{
+      "fusion/a_hat": np.arange(16) + 0.5, "fusion/per_class_max": per_class,
+      "fusion/top_scores": np.full((16, 1), 9.5), "fusion/top_labels": np.full((16, 1), 3)})
+  a, b = gallery.load_stats(stats_path)["fusion"], gallery.load_stats(npz)["fusion"]
+  np.testing.assert_allclose(a.a_hat, b.a_hat)
+  np.testing.assert_allclose(a.per_class_max, b.per_class_max)
+  assert b.top_clips[1][0]["class"] == "class03" == a.top_clips[1][0]["class"]
+
+
+def test_bad_statistics_name_the_file_and_field(tmp_path):
+  path = str(tmp_path / "s.json")
+  with open(path, "w") as f:
+    json.dump({"class_names": ["a", "b"], "layers": {"fusion": {"per_class_max": [[1, 2, 3]]}}}, f)
+  with pytest.raises(ValueError, match=r"s\.json: layer 'fusion' per_class_max has shape"):
+    gallery.load_stats(path)
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    gallery.build(str(tmp_path / "nowhere"))
+
+
+def test_class_activity_shows_top_classes_in_order(tmp_path):
+  values = np.array([0.1, 0.9, 0.5, 0.7, 0.2, 0.95, 0.0, 0.3, 0.6, 0.8, 0.4, 0.05])
+  order = plots.class_activity(str(tmp_path / "c.png"), [f"c{i}" for i in range(12)],
+                               values, top=10)
+  assert order == list(np.argsort(-values)[:10])
+  img = iio.imread(tmp_path / "c.png")
+  assert img.ndim == 3 and img.std() > 10
+  with pytest.raises(ValueError, match="expected \\(3,\\)"):
+    plots.class_activity(str(tmp_path / "d.png"), ["a", "b", "c"], values)
