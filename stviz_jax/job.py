@@ -8,7 +8,8 @@ Layout of `workdir`::
     <layer>/grid.png                 units (rows) x settings (columns), appearance | flow
     <layer>/<setting>/result.npz     all units of that setting (stviz_jax.Result)
     <layer>/<setting>/unit_0003.npz  one unit's inputs, with config and seed
-    <layer>/<setting>/unit_0003_<stream>.png / .gif
+    <layer>/<setting>/unit_0003_<stream>.png / .gif / .mp4 / .webm
+    index.html, gallery/             the HTML gallery (stviz_jax.gallery)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from stviz_jax import models, render
+from stviz_jax import gallery, models, render
 from stviz_jax.optimize import Result, Visualizer, _atomic_savez
 
 
@@ -84,14 +85,9 @@ def save_unit_media(out_dir: str, result: Result, config, i: int) -> dict[str, s
   _atomic_savez(stem + ".npz", arrays)
   files = {}
   for stream, x in result.inputs.items():
-    frames = render.stream_frames(stream, x[i])
-    scale = max(1, 128 // frames.shape[1])
-    frames = render.upscale(frames, scale)
-    render.save_png(f"{stem}_{stream}.png", frames[len(frames) // 2])
-    files[f"{stream}_png"] = f"{stem}_{stream}.png"
-    if frames.shape[0] > 1:
-      render.save_gif(f"{stem}_{stream}.gif", frames)
-      files[f"{stream}_gif"] = f"{stem}_{stream}.gif"
+    # PNG (middle frame); clips also as looping GIF, MP4 (H.264), WebM (VP9).
+    written = render.save_stream_media(f"{stem}_{stream}", stream, x[i])
+    files.update({f"{stream}_{fmt}": path for fmt, path in written.items()})
   return files
 
 
@@ -145,5 +141,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary["compilations"] = vis.trace_count
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
+  gallery.build(workdir)
   logging.info("done in %.1fs; results in %s", summary["seconds"], workdir)
   return summary
