@@ -1,0 +1,444 @@
+"""Layer graphs in the style of a Caffe / MatConvNet net, executed by one Flax module.
+
+The zoo's two-stream and 3-D networks are written as tuples of layer specs
+(`Conv`, `Pool`, `Concat`, `Add`, `Dense`), each naming its input blob(s) and
+producing one output blob, exactly as a prototxt does. `Net` runs them in
+order, returns every blob listed in `taps` as a named feature, and keeps the
+parameter tree in the original layer names:
+
+* a layer name `a/b/c` nests as `params['a']['b']['c']` (so `'/'.join` of a
+  parameter path gives back the Caffe name, and stream prefixes `rgb/`,
+  `flow/` become the top-level collections of each tower);
+* a convolution followed by batch norm is `Conv(name=conv, bn=bn_name)`:
+  folded (the default, as the paper visualises) it is one convolution with a
+  bias at `conv`; unfolded it is a convolution at `conv` (bias only if the
+  original has one) and a Flax `BatchNorm` at `bn_name` (`scale`, `bias` in
+  `params`; `mean`, `var` in `batch_stats`). `bn_pairs(nodes)` lists the
+  pairs for `batchnorm.fold_tree`.
+
+Blobs are always `(N, T, H, W, C)`. A layer with a 2-D kernel `(kh, kw)` runs
+on every time step independently (time folded into the batch), a 3-D kernel
+`(kt, kh, kw)` runs across time, so 2-D two-stream towers, 3-D fusion layers
+and C3D share one executor. Kernels are stored in Flax layout
+`(kh, kw, C_in, C_out)` or `(kt, kh, kw, C_in, C_out)`; `Dense` kernels are
+`(H * W * C_in, C_out)` over each time step's input flattened in `(H, W, C)`
+order.
+
+Pooling follows Caffe (`ceil_mode=True`): the output has
+`ceil((n + 2p - k) / s) + 1` positions, minus one if the last window would
+start in the padding; average pooling divides by the window's overlap with
+the padded input `[-p, n + p)`, as Caffe does. With `ceil_mode=False` it is
+floor rounding (MatConvNet's VGG and ResNet pools).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stviz_jax.models import layers
+
+_HE_INIT = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv:
+  """Convolution (+ optional batch norm) (+ optional ReLU).
+
+  Attributes:
+    name: parameter name (nested by '/'), e.g. 'rgb/inception_3a/1x1'.
+    bottom: input blob.
+    features: output channels.
+    kernel: `(kh, kw)` per frame or `(kt, kh, kw)` across time.
+    stride: per kernel axis (default 1).
+    pad: symmetric zero padding per kernel axis (default 0).
+    bn: name of the batch-norm layer that follows (same parent path).
+    relu: apply ReLU after (batch norm and) the convolution.
+    bias: whether the original convolution has a bias.
+    top: output blob (default `name`).
+  """
+
+  name: str
+  bottom: str
+  features: int
+  kernel: tuple[int, ...]
+  stride: tuple[int, ...] | None = None
+  pad: tuple[int, ...] | None = None
+  bn: str | None = None
+  relu: bool = True
+  bias: bool = True
+  top: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+  """Max or average pooling; `ceil_mode` as Caffe (see module docstring).
+
+  `kernel=()` pools globally over space (each frame's `H x W`), which is what
+  the 7x7 / 8x8 head pools of the Caffe nets do at their native size.
+  """
+
+  name: str
+  bottom: str
+  kind: str  # "max" | "avg"
+  kernel: tuple[int, ...]
+  stride: tuple[int, ...] | None = None
+  pad: tuple[int, ...] | None = None
+  ceil_mode: bool = True
+  top: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Concat:
+  """Channel concatenation of `bottoms`, in order."""
+
+  name: str
+  bottoms: tuple[str, ...]
+  top: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Add:
+  """Element-wise sum of `bottoms` (+ optional ReLU)."""
+
+  name: str
+  bottoms: tuple[str, ...]
+  relu: bool = False
+  top: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Dense:
+  """Fully connected layer on each time step's `(H, W, C)` input (+ ReLU)."""
+
+  name: str
+  bottom: str
+  features: int
+  relu: bool = False
+  top: str | None = None
+
+
+Node = Conv | Pool | Concat | Add | Dense
+
+
+def top(node: Node) -> str:
+  return node.top or node.name
+
+
+def bn_pairs(nodes: Sequence[Node]) -> dict[str, str]:
+  """`{conv_path: bn_path}` of every convolution followed by batch norm."""
+  return {n.name: n.bn for n in nodes if isinstance(n, Conv) and n.bn}
+
+
+def _per_frame(fn, x, ndim):
+  """Applies `fn` to `x (N, T, ...)`; 2-D ops see time folded into the batch."""
+  if ndim == 3:
+    return fn(x)
+  n, t = x.shape[:2]
+  y = fn(x.reshape((n * t,) + x.shape[2:]))
+  return y.reshape((n, t) + y.shape[1:])
+
+
+def pool(x: jax.Array, kind: str, kernel: Sequence[int], stride: Sequence[int],
+         pad: Sequence[int], ceil_mode: bool) -> jax.Array:
+  """Caffe/MatConvNet pooling of `x (B, *spatial, C)` over its spatial axes."""
+  spatial = x.shape[1:-1]
+  lo_hi, out = [], []
+  for n, k, s, p in zip(spatial, kernel, stride, pad):
+    if ceil_mode:
+      o = int(math.ceil((n + 2 * p - k) / s)) + 1
+      if p > 0 and (o - 1) * s >= n + p:
+        o -= 1
+    else:
+      o = (n + 2 * p - k) // s + 1
+    if o < 1:
+      raise ValueError(f"pooling window {tuple(kernel)} is larger than its "
+                       f"input {tuple(spatial)}")
+    out.append(o)
+    lo_hi.append((p, max((o - 1) * s + k - n - p, 0)))
+  window = (1,) + tuple(kernel) + (1,)
+  strides = (1,) + tuple(stride) + (1,)
+  padding = ((0, 0),) + tuple(lo_hi) + ((0, 0),)
+  crop = (slice(None),) + tuple(slice(0, o) for o in out) + (slice(None),)
+  if kind == "max":
+    y = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, padding)
+    return y[crop]
+  if kind != "avg":
+    raise ValueError(f"unknown pooling {kind!r}; valid: 'max', 'avg'")
+  total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, padding)
+  # Caffe's divisor: the window's overlap with [-p, n + p), padding included.
+  ones = np.ones((1,) + spatial + (1,), np.float32)
+  ones = np.pad(ones, ((0, 0),) + tuple((p, p) for p in pad) + ((0, 0),),
+                constant_values=1.0)
+  extra = ((0, 0),) + tuple((0, max(hi - p, 0)) for (p, hi) in
+                            zip(pad, (h for _, h in lo_hi))) + ((0, 0),)
+  ones = np.pad(ones, extra)
+  count = jax.lax.reduce_window(jnp.asarray(ones), 0.0, jax.lax.add, window,
+                                strides, "VALID")
+  return total[crop] / count[crop]
+
+
+class _Block(nn.Module):
+  """The layers under one name prefix (`depth` path components deep)."""
+
+  nodes: tuple
+  depth: int
+  folded: bool
+  bn_eps: float
+
+  @nn.compact
+  def __call__(self, blobs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    return _execute(self.nodes, self.depth, self.folded, self.bn_eps, blobs)
+
+
+def _execute(nodes, depth, folded, bn_eps, blobs):
+  """Runs `nodes` in the current Flax scope; returns the blobs they produce.
+
+  Layers are created here, inside the calling module's compact method, so a
+  top-level name is a top-level parameter name and a prefix `a/` becomes a
+  `_Block` named `a`.
+  """
+  blobs = dict(blobs)
+  new = {}
+  for kind, key, group in _groups(nodes, depth):
+    if kind == "block":
+      out = _Block(group, depth + 1, folded, bn_eps, name=key)(blobs)
+    else:
+      out = {top(group): _apply(group, depth, folded, bn_eps, blobs)}
+    blobs.update(out)
+    new.update(out)
+  return new
+
+
+def _apply(node, depth, folded, bn_eps, blobs):
+  leaf = lambda path: path.split("/")[depth]
+  if isinstance(node, Conv):
+    x = blobs[node.bottom]
+    nd = len(node.kernel)
+    stride = node.stride or (1,) * nd
+    pad = node.pad or (0,) * nd
+    conv = nn.Conv(node.features, node.kernel, stride,
+                   padding=[(p, p) for p in pad],
+                   use_bias=folded or node.bias or not node.bn,
+                   kernel_init=_HE_INIT, name=leaf(node.name))
+    y = _per_frame(conv, x, nd)
+    if node.bn and not folded:
+      y = nn.BatchNorm(use_running_average=True, epsilon=bn_eps,
+                       name=leaf(node.bn))(y)
+    return layers.relu(y) if node.relu else y
+  if isinstance(node, Pool):
+    x = blobs[node.bottom]
+    kernel = node.kernel or x.shape[2:4]  # () = global over space
+    nd = len(kernel)
+    stride = node.stride or kernel
+    pad = node.pad or (0,) * nd
+    fn = lambda v: pool(v, node.kind, kernel, stride, pad, node.ceil_mode)
+    return _per_frame(fn, x, nd)
+  if isinstance(node, Concat):
+    return jnp.concatenate([blobs[b] for b in node.bottoms], axis=-1)
+  if isinstance(node, Add):
+    y = sum(blobs[b] for b in node.bottoms)
+    return layers.relu(y) if node.relu else y
+  if isinstance(node, Dense):
+    x = blobs[node.bottom]
+    if x.ndim == 5:
+      x = x.reshape(x.shape[:2] + (-1,))
+    y = nn.Dense(node.features, kernel_init=_HE_INIT, name=leaf(node.name))(x)
+    return layers.relu(y) if node.relu else y
+  raise TypeError(f"unknown layer spec {node!r}")
+
+
+def _groups(nodes, depth):
+  """Splits nodes into consecutive runs: ('block', prefix, nodes) or ('node', name, node)."""
+  out, seen = [], set()
+  for node in nodes:
+    parts = node.name.split("/")
+    if len(parts) > depth + 1:
+      key = parts[depth]
+      if out and out[-1][0] == "block" and out[-1][1] == key:
+        out[-1] = ("block", key, out[-1][2] + (node,))
+        continue
+      if key in seen:
+        raise ValueError(f"layers under {key!r} must be consecutive "
+                         f"(found {node.name!r} after other layers)")
+      seen.add(key)
+      out.append(("block", key, (node,)))
+    else:
+      out.append(("node", parts[depth], node))
+  return out
+
+
+class Net(nn.Module):
+  """A layer graph with stream inputs, taps and logits.
+
+  Attributes:
+    nodes: the layers in execution order.
+    taps: blobs returned as features, in network order.
+    logits: blob(s) whose mean over time (and sum over the listed blobs, with
+      `logit_weights`) are the logits.
+    folded: batch norm folded into the convolutions (see module docstring).
+    bn_eps: epsilon of the unfolded batch norm.
+    inputs: per stream, how it becomes a blob (see `prepare_inputs`).
+  """
+
+  nodes: tuple
+  taps: tuple[str, ...]
+  logits: tuple[str, ...]
+  logit_weights: tuple[float, ...] = ()
+  folded: bool = True
+  bn_eps: float = 1e-5
+  inputs: tuple = ()
+
+  @nn.compact
+  def __call__(self, inputs: Mapping[str, jax.Array]):
+    blobs = prepare_inputs(inputs, self.inputs)
+    blobs.update(_execute(self.nodes, 0, self.folded, self.bn_eps, blobs))
+    weights = self.logit_weights or (1.0,) * len(self.logits)
+    logits = sum(w * _time_mean(blobs[b]) for w, b in zip(weights, self.logits))
+    feats = {t: _squeeze_time(blobs[t]) for t in self.taps}
+    return logits, feats
+
+
+def _time_mean(x):
+  """Logits `(N, T, [1, 1,] K)` averaged over time and space -> `(N, K)`."""
+  return x.reshape(x.shape[0], -1, x.shape[-1]).mean(axis=1)
+
+
+def _squeeze_time(x):
+  # A per-clip vector (N, 1, K) is reported as (N, K): a global layer.
+  if x.ndim == 3 and x.shape[1] == 1:
+    return x[:, 0]
+  return x
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamInput:
+  """How stream `stream` becomes blob `blob` (`(N, T, H, W, C)`).
+
+  `flow_stack > 0`: the stream is a flow video `(N, F, H, W, 2)` and time step
+  t gets frames `t * flow_stride ... t * flow_stride + flow_stack - 1` stacked
+  as channels `(u_1, v_1, u_2, v_2, ...)` (the interleaved order of the
+  two-stream papers). `bgr`: reverse the channel order (Caffe BGR models are
+  fed RGB).
+  """
+
+  stream: str
+  blob: str
+  steps: int = 1
+  flow_stack: int = 0
+  flow_stride: int = 0
+  bgr: bool = False
+
+
+def prepare_inputs(inputs: Mapping[str, jax.Array], specs) -> dict[str, jax.Array]:
+  blobs = {}
+  for s in specs:
+    if s.stream not in inputs:
+      raise ValueError(f"missing input stream {s.stream!r}; got {sorted(inputs)}")
+    x = inputs[s.stream]
+    if s.flow_stack:
+      x = stack_flow(x, s.steps, s.flow_stack, s.flow_stride or s.flow_stack)
+    if s.bgr:
+      x = x[..., ::-1]
+    blobs[s.blob] = x
+  return blobs
+
+
+def stack_flow(flow: jax.Array, steps: int, stack: int, stride: int) -> jax.Array:
+  """Flow video `(N, F, H, W, 2)` -> stacks `(N, steps, H, W, 2 * stack)`.
+
+  Time step t holds frames `t * stride + l`, l = 0..stack-1, interleaved
+  `(u_l, v_l)`; `F` must be `(steps - 1) * stride + stack`.
+  """
+  n, f, h, w, c = flow.shape
+  need = (steps - 1) * stride + stack
+  if f != need or c != 2:
+    raise ValueError(f"flow input has shape {flow.shape[1:]}; expected "
+                     f"({need}, H, W, 2) for {steps} stacks of {stack} frames "
+                     f"every {stride} frames")
+  idx = np.arange(steps)[:, None] * stride + np.arange(stack)[None]
+  x = flow[:, idx]  # (N, steps, stack, H, W, 2)
+  x = jnp.moveaxis(x, 2, 4)  # (N, steps, H, W, stack, 2)
+  return x.reshape(n, steps, h, w, 2 * stack)
+
+
+def scaled(channels: int, width: float) -> int:
+  """Channel count under a width multiplier (for tiny test models)."""
+  return max(1, int(round(channels * width)))
+
+
+def randomize_batchnorm(variables: dict, nodes: Sequence[Node], seed: int) -> dict:
+  """Gives every unfolded batch norm random statistics and affine parameters.
+
+  A freshly initialised Flax BatchNorm is the identity (mean 0, var 1, scale
+  1, bias 0); random values make "folded equals unfolded" a real test and a
+  random model's batch norm non-trivial.
+  """
+  key = jax.random.PRNGKey(seed + 7919)
+  params = jax.tree.map(lambda x: x, _as_dict(variables["params"]))
+  stats = jax.tree.map(lambda x: x, _as_dict(variables["batch_stats"]))
+  for conv, bn in bn_pairs(nodes).items():
+    path = bn.split("/")
+    p, st = params, stats
+    for k in path[:-1]:
+      p, st = p[k], st[k]
+    c = st[path[-1]]["mean"].shape[-1]
+    key, k1, k2, k3, k4 = jax.random.split(key, 5)
+    st[path[-1]] = {"mean": 0.5 * jax.random.normal(k1, (c,)),
+                    "var": jax.random.uniform(k2, (c,), minval=0.5, maxval=2.0)}
+    p[path[-1]] = {"scale": jax.random.uniform(k3, (c,), minval=0.5, maxval=1.5),
+                   "bias": 0.2 * jax.random.normal(k4, (c,))}
+  return {"params": params, "batch_stats": stats}
+
+
+def _as_dict(tree):
+  if isinstance(tree, Mapping):
+    return {k: _as_dict(v) for k, v in tree.items()}
+  return tree
+
+
+def build(name: str, *, nodes: Sequence[Node], taps: Sequence[str],
+          logits: Sequence[str], streams: Mapping[str, "base.StreamSpec"],
+          inputs: Sequence[StreamInput], folded: bool = True,
+          bn_eps: float = 1e-5, seed: int = 0, weights: str | None = None,
+          logit_weights: Sequence[float] = (), labels=None):
+  """Builds a registered zoo model from its layer graph.
+
+  Random weights come from `seed` (He-normal kernels, zero biases, random
+  batch-norm statistics); `weights` is a converted checkpoint whose
+  architecture must be `name`, with batch norm folded (no `batch_stats`) or
+  not (then it is folded here unless `folded=False`).
+  """
+  from stviz_jax.models import base, batchnorm, checkpoint
+
+  nodes, taps, logits = tuple(nodes), tuple(taps), tuple(logits)
+  pairs = bn_pairs(nodes)
+  kwargs = dict(nodes=nodes, taps=taps, logits=logits,
+                logit_weights=tuple(logit_weights), bn_eps=bn_eps,
+                inputs=tuple(inputs))
+  dummy = {k: jax.ShapeDtypeStruct((1,) + s.shape, jnp.float32)
+           for k, s in streams.items()}
+  if weights:
+    variables = _as_dict(checkpoint.restore_for(weights, name))
+    has_bn = "batch_stats" in variables
+    if has_bn and folded:
+      variables = batchnorm.fold_tree(variables, pairs, bn_eps)
+    elif pairs and not has_bn and not folded:
+      raise ValueError(f"{weights}: weights for {name!r} have batch norm folded "
+                       "already; load them with folded=True")
+  else:
+    unfolded = Net(folded=False, **kwargs)
+    variables = _as_dict(unfolded.lazy_init(jax.random.PRNGKey(seed), dummy))
+    if pairs:
+      variables = randomize_batchnorm(variables, nodes, seed)
+      if folded:
+        variables = batchnorm.fold_tree(variables, pairs, bn_eps)
+  module = Net(folded=folded, **kwargs)
+  return base.wrap(module, variables, streams, layers=taps + (base.LOGITS,),
+                   name=name, labels=labels)
