@@ -88,10 +88,16 @@ def measure(apply: Callable, variables: Any, streams: Mapping[str, Any],
   masks = support(inputs, jnp.asarray(cot))
   masks = {k: np.asarray(v) for k, v in masks.items()}
 
-  def extents(i):
-    """(lo, hi) per axis t, h, w of probe i, union over streams."""
+  def extents(i, t_stream=None):
+    """(lo, hi) per axis t, h, w of probe i.
+
+    H and W are the union over streams (they share one pixel grid). Streams
+    may differ in frame rate (one RGB frame per 10-frame flow stack), so
+    frame indices of different streams are not comparable: T is read from one
+    stream, `t_stream` or else the one with the longest temporal extent.
+    """
     out = {}
-    for ax_name, reduce_axes in (("t", (1, 2)), ("h", (0, 2)), ("w", (0, 1))):
+    for ax_name, reduce_axes in (("h", (0, 2)), ("w", (0, 1))):
       los, his = [], []
       for m in masks.values():
         lo, hi = _extent(m[i].any(axis=reduce_axes))
@@ -99,6 +105,10 @@ def measure(apply: Callable, variables: Any, streams: Mapping[str, Any],
           los.append(lo)
           his.append(hi)
       out[ax_name] = (min(los), max(his)) if los else (-1, -1)
+    per_stream = {k: _extent(m[i].any(axis=(1, 2))) for k, m in masks.items()}
+    if t_stream is None:
+      t_stream = max(per_stream, key=lambda k: per_stream[k][1] - per_stream[k][0])
+    out["t"], out["t_stream"] = per_stream[t_stream], t_stream
     return out
 
   base = extents(0)
@@ -110,7 +120,7 @@ def measure(apply: Callable, variables: Any, streams: Mapping[str, Any],
   stride = {}
   for name in ("t", "h", "w"):
     if name in probe_axis:
-      nxt = extents(1 + probe_axis.index(name))[name]
+      nxt = extents(1 + probe_axis.index(name), base["t_stream"])[name]
       stride[name] = max(nxt[0] - base[name][0], nxt[1] - base[name][1], 1)
     elif name in axes:  # a single output location along this axis.
       stride[name] = full[name]
