@@ -1,0 +1,191 @@
+"""PyTorch converter: a torchvision-layout VGG-16 built here in torch (random
+weights, eval mode) against the zoo's `vgg16_two_stream` tower after conversion."""
+
+import numpy as np
+import pytest
+
+from converters import common, pytorch
+
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
+
+WIDTH = 1 / 16  # channels 4, 8, 16, 32, 32 and fc 256: fast, same structure
+
+
+def torch_vgg16(template, tower="rgb", num_classes=10):
+  """torchvision.models.vgg16's module tree (same state-dict keys), widths from the target."""
+  nn = torch.nn
+  p = f"params/{tower}"
+  widths = [[template[f"{p}/conv{b}_{i}/kernel"][-1] for i in range(1, 4 if b > 2 else 3)]
+            for b in range(1, 6)]
+  fc = template[f"{p}/fc6/kernel"][-1]
+  layers, cin = [], template[f"{p}/conv1_1/kernel"][2]
+  for block in widths:
+    for c in block:
+      layers += [nn.Conv2d(cin, c, 3, padding=1), nn.ReLU(inplace=True)]
+      cin = c
+    layers.append(nn.MaxPool2d(2, 2))
+
+  class VGG(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.features = nn.Sequential(*layers)
+      self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+      self.classifier = nn.Sequential(
+          nn.Linear(cin * 49, fc), nn.ReLU(True), nn.Dropout(),
+          nn.Linear(fc, fc), nn.ReLU(True), nn.Dropout(), nn.Linear(fc, num_classes))
+
+    def forward(self, x):
+      x = self.avgpool(self.features(x))
+      return self.classifier(torch.flatten(x, 1))
+
+  torch.manual_seed(0)
+  net = VGG().eval()
+  with torch.no_grad():  # non-zero biases so a dropped bias would show
+    for m in net.modules():
+      if isinstance(m, (nn.Conv2d, nn.Linear)):
+        m.bias.normal_(0, 0.1)
+  return net
+
+
+def torch_taps(net, x):
+  """Activations after every conv's ReLU, every pool, fc6/fc7 ReLU and the logits."""
+  names = ["conv1_1", "conv1_2", "pool1", "conv2_1", "conv2_2", "pool2", "conv3_1",
+           "conv3_2", "conv3_3", "pool3", "conv4_1", "conv4_2", "conv4_3", "pool4",
+           "conv5_1", "conv5_2", "conv5_3", "pool5"]
+  mods = [m for m in net.features if not isinstance(m, torch.nn.Conv2d)]
+  out = {}
+  hooks = [m.register_forward_hook(lambda m, i, o, n=n: out.__setitem__(n, o.clone()))
+           for n, m in zip(names, mods)]
+  hooks += [net.classifier[i].register_forward_hook(
+      lambda m, i_, o, n=n: out.__setitem__(n, o.clone())) for i, n in ((1, "fc6"), (4, "fc7"))]
+  with torch.no_grad():
+    out["logits"] = net(x)
+  for h in hooks:
+    h.remove()
+  return {k: v.numpy() for k, v in out.items()}
+
+
+def relerr(a, b):
+  return np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max()
+
+
+@pytest.fixture(scope="module")
+def target():
+  from stviz_jax.models import registry
+  model = registry.load("vgg16_two_stream", streams=("rgb",), width=WIDTH, num_classes=10)
+  return model, pytorch._template(model)
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_torchvision_vgg16_matches_torch(tmp_path, target, fmt):
+  _, template = target
+  net = torch_vgg16(template)
+  path = str(tmp_path / f"vgg.{fmt}")
+  if fmt == "pth":
+    torch.save(net.state_dict(), path)
+  else:
+    st = pytest.importorskip("safetensors.torch")
+    st.save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path)
+  model, _ = pytorch.convert(path, "torchvision_vgg16", target=target[0], width=WIDTH,
+                             num_classes=10)
+  rs = np.random.RandomState(0)
+  x = rs.uniform(-2, 2, (2, 3, 224, 224)).astype(np.float32)
+  ref = torch_taps(net, torch.from_numpy(x))
+  taps = [f"rgb/{n}" for n in ref if n != "logits"] + ["logits"]
+  acts = model.activations({"rgb": np.moveaxis(x, 1, -1)[:, None]}, taps)
+  for name, r in ref.items():
+    got = np.asarray(acts["logits" if name == "logits" else f"rgb/{name}"])
+    if r.ndim == 4:
+      r = np.moveaxis(r, 1, -1)
+    assert relerr(got.reshape(r.shape), r) < 1e-4, name
+
+
+def test_strict_names_and_shapes(tmp_path, target):
+  _, template = target
+  sd = torch_vgg16(template).state_dict()
+  sd["features.99.weight"] = torch.zeros(3)
+  del sd["classifier.3.bias"]
+  sd["classifier.6.weight"] = torch.zeros(11, sd["classifier.6.weight"].shape[1])
+  path = str(tmp_path / "bad.pth")
+  torch.save(sd, path)
+  with pytest.raises(common.ConversionError) as e:
+    pytorch.convert(path, target=target[0], width=WIDTH, num_classes=10)
+  msg = str(e.value)
+  assert "\n" not in msg and "bad.pth" in msg
+  assert "missing 1: classifier.3.bias" in msg
+  assert "unexpected 1: features.99.weight" in msg
+  assert "classifier.6.weight (11, 256) -> params/rgb/fc8-1/kernel (256, 11) vs expected (256, 10)" in msg
+
+
+def test_truncated_files_name_file_and_offset(tmp_path, target):
+  _, template = target
+  sd = {k: v.contiguous() for k, v in torch_vgg16(template).state_dict().items()}
+  st = pytest.importorskip("safetensors.torch")
+  good = tmp_path / "v.safetensors"
+  st.save_file(sd, str(good))
+  data = good.read_bytes()
+  cut = tmp_path / "cut.safetensors"
+  cut.write_bytes(data[:len(data) - 1000])
+  with pytest.raises(pytorch.PyTorchError, match=r"cut\.safetensors: tensor '.*' needs bytes \d+\.\.\d+ but the file ends at byte \d+"):
+    pytorch.load_state_dict(str(cut))
+  cut.write_bytes(data[:20])
+  with pytest.raises(pytorch.PyTorchError, match=r"cut\.safetensors: truncated header"):
+    pytorch.load_state_dict(str(cut))
+  pth = tmp_path / "v.pth"
+  torch.save(sd, str(pth))
+  (tmp_path / "cut.pth").write_bytes(pth.read_bytes()[:5000])
+  with pytest.raises(pytorch.PyTorchError, match=r"cut\.pth: not a readable PyTorch weights file"):
+    pytorch.load_state_dict(str(tmp_path / "cut.pth"))
+
+
+def test_safetensors_reader_matches_library(tmp_path):
+  st = pytest.importorskip("safetensors.numpy")
+  rs = np.random.RandomState(0)
+  tensors = {"a": rs.randn(3, 4).astype(np.float32), "b": rs.randn(5).astype(np.float16),
+             "c": np.arange(6, dtype=np.int64).reshape(2, 3)}
+  st.save_file(tensors, str(tmp_path / "t.safetensors"))
+  got = pytorch.read_safetensors(str(tmp_path / "t.safetensors"))
+  for k, v in tensors.items():
+    np.testing.assert_array_equal(got[k], v)
+  bf = torch.randn(4, 3).to(torch.bfloat16)
+  import safetensors.torch
+  safetensors.torch.save_file({"w": bf}, str(tmp_path / "bf.safetensors"))
+  np.testing.assert_array_equal(pytorch.read_safetensors(str(tmp_path / "bf.safetensors"))["w"],
+                                bf.float().numpy())
+
+
+def test_cli_writes_a_weights_dir(tmp_path, target):
+  from stviz_jax.models import checkpoint
+  _, template = target
+  net = torch_vgg16(template)
+  path = str(tmp_path / "vgg.pth")
+  torch.save(net.state_dict(), path)
+  model, kwargs = pytorch.save(str(tmp_path / "out"), path, target=target[0], width=WIDTH,
+                               num_classes=10)
+  variables, meta = checkpoint.restore(str(tmp_path / "out"))
+  assert meta["architecture"] == "vgg16_two_stream"
+  assert meta["source_sha256"] == checkpoint.sha256(path)
+  assert meta["load_kwargs"]["streams"] == ["rgb"]
+  for k, v in common.flatten(model.variables).items():
+    np.testing.assert_array_equal(common.flatten(variables)[k], v)
+  assert pytorch.main([str(tmp_path / "nope.pth"), str(tmp_path / "bad")]) == 1
+  assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_full_size_vgg16_loads_through_the_zoo(tmp_path):
+  """models.load(name, weights=DIR) on a full-size torchvision VGG-16 (138M parameters)."""
+  from stviz_jax import models
+  target = models.load("vgg16_two_stream", streams=("rgb",), num_classes=1000)
+  net = torch_vgg16(pytorch._template(target), num_classes=1000)
+  path = str(tmp_path / "vgg16.pth")
+  torch.save(net.state_dict(), path)
+  del target
+  assert pytorch.main([path, str(tmp_path / "w"), "--num-classes", "1000"]) == 0
+  model = models.load("vgg16_two_stream", streams=("rgb",), num_classes=1000,
+                      weights=str(tmp_path / "w"))
+  x = np.random.RandomState(0).uniform(-2, 2, (1, 3, 224, 224)).astype(np.float32)
+  with torch.no_grad():
+    ref = net(torch.from_numpy(x)).numpy()
+  assert relerr(model({"rgb": np.moveaxis(x, 1, -1)[:, None]}), ref) < 1e-4
