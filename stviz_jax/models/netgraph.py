@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -403,42 +403,81 @@ def _as_dict(tree):
   return tree
 
 
-def build(name: str, *, nodes: Sequence[Node], taps: Sequence[str],
-          logits: Sequence[str], streams: Mapping[str, "base.StreamSpec"],
-          inputs: Sequence[StreamInput], folded: bool = True,
-          bn_eps: float = 1e-5, seed: int = 0, weights: str | None = None,
-          logit_weights: Sequence[float] = (), labels=None):
+@dataclasses.dataclass(frozen=True)
+class Graph:
+  """A zoo network without weights: layers, taps, logits and inputs.
+
+  Attributes:
+    name: registry / architecture name (checked against converted weights).
+    nodes: the layers in execution order.
+    taps: blobs exposed as features, in network order.
+    logits: blob(s) averaged over time (weighted by `logit_weights` and
+      summed over blobs) into the logits.
+    streams: input stream specs.
+    inputs: per stream, how its input becomes a blob.
+    logit_weights: weights of the `logits` blobs (default all 1).
+    bn_eps: epsilon of the batch norms.
+  """
+
+  name: str
+  nodes: tuple
+  taps: tuple
+  logits: tuple
+  streams: Mapping[str, Any]
+  inputs: tuple
+  logit_weights: tuple = ()
+  bn_eps: float = 1e-5
+
+  def module(self, folded: bool = True) -> Net:
+    return Net(nodes=tuple(self.nodes), taps=tuple(self.taps),
+               logits=tuple(self.logits), logit_weights=tuple(self.logit_weights),
+               folded=folded, bn_eps=self.bn_eps, inputs=tuple(self.inputs))
+
+  def dummy_inputs(self, batch: int = 1) -> dict:
+    return {k: jax.ShapeDtypeStruct((batch,) + s.shape, jnp.float32)
+            for k, s in self.streams.items()}
+
+  def shapes(self, folded: bool = True):
+    """`(variable shapes, feature shapes)` without computing anything.
+
+    Feature shapes are per example (batch axis dropped), `logits` included.
+    """
+    module = self.module(folded)
+    dummy = self.dummy_inputs()
+    variables = jax.eval_shape(module.init, jax.random.PRNGKey(0), dummy)
+    logits, feats = jax.eval_shape(module.apply, variables, dummy)
+    out = {k: tuple(v.shape[1:]) for k, v in feats.items()}
+    out["logits"] = tuple(logits.shape[1:])
+    return jax.tree.map(lambda v: tuple(v.shape), variables), out
+
+
+def build(graph: Graph, *, folded: bool = True, seed: int = 0,
+          weights: str | None = None, labels=None):
   """Builds a registered zoo model from its layer graph.
 
   Random weights come from `seed` (He-normal kernels, zero biases, random
   batch-norm statistics); `weights` is a converted checkpoint whose
-  architecture must be `name`, with batch norm folded (no `batch_stats`) or
-  not (then it is folded here unless `folded=False`).
+  architecture must be `graph.name`, with batch norm folded (no
+  `batch_stats`) or not (then it is folded here unless `folded=False`).
   """
   from stviz_jax.models import base, batchnorm, checkpoint
 
-  nodes, taps, logits = tuple(nodes), tuple(taps), tuple(logits)
-  pairs = bn_pairs(nodes)
-  kwargs = dict(nodes=nodes, taps=taps, logits=logits,
-                logit_weights=tuple(logit_weights), bn_eps=bn_eps,
-                inputs=tuple(inputs))
-  dummy = {k: jax.ShapeDtypeStruct((1,) + s.shape, jnp.float32)
-           for k, s in streams.items()}
+  pairs = bn_pairs(graph.nodes)
   if weights:
-    variables = _as_dict(checkpoint.restore_for(weights, name))
+    variables = _as_dict(checkpoint.restore_for(weights, graph.name))
     has_bn = "batch_stats" in variables
     if has_bn and folded:
-      variables = batchnorm.fold_tree(variables, pairs, bn_eps)
+      variables = batchnorm.fold_tree(variables, pairs, graph.bn_eps)
     elif pairs and not has_bn and not folded:
-      raise ValueError(f"{weights}: weights for {name!r} have batch norm folded "
-                       "already; load them with folded=True")
+      raise ValueError(f"{weights}: weights for {graph.name!r} have batch norm "
+                       "folded already; load them with folded=True")
   else:
-    unfolded = Net(folded=False, **kwargs)
-    variables = _as_dict(unfolded.lazy_init(jax.random.PRNGKey(seed), dummy))
+    variables = _as_dict(graph.module(folded=False).lazy_init(
+        jax.random.PRNGKey(seed), graph.dummy_inputs()))
     if pairs:
-      variables = randomize_batchnorm(variables, nodes, seed)
+      variables = randomize_batchnorm(variables, graph.nodes, seed)
       if folded:
-        variables = batchnorm.fold_tree(variables, pairs, bn_eps)
-  module = Net(folded=folded, **kwargs)
-  return base.wrap(module, variables, streams, layers=taps + (base.LOGITS,),
-                   name=name, labels=labels)
+        variables = batchnorm.fold_tree(variables, pairs, graph.bn_eps)
+  return base.wrap(graph.module(folded), variables, graph.streams,
+                   layers=tuple(graph.taps) + (base.LOGITS,), name=graph.name,
+                   labels=labels)

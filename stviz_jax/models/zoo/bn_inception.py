@@ -38,8 +38,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from stviz_jax.models import base, registry
-from stviz_jax.models.netgraph import (Concat, Conv, Dense, Pool, StreamInput,
-                                       build, scaled)
+from stviz_jax.models.netgraph import (Concat, Conv, Dense, Graph, Pool,
+                                       StreamInput, build, scaled)
 
 # Per block: (1x1, 3x3_reduce, 3x3, double_3x3_reduce, double_3x3_1/2,
 #             pool kind, pool_proj); 1x1 = 0 marks a stride-2 reduction block.
@@ -126,22 +126,35 @@ def tsn_bn_inception(size: int = 224, flow_stack: int = 5, num_classes: int = 10
     weights: converted weights directory (architecture 'tsn_bn_inception').
     folded: fold the BN layers into the convolutions (default).
   """
+  _check_width(width, weights)
+  graph = tsn_bn_inception_graph(size, flow_stack, num_classes, streams,
+                                 logit_weights, width)
+  return build(graph, folded=folded, seed=seed, weights=weights)
+
+
+def tsn_bn_inception_graph(size: int = 224, flow_stack: int = 5,
+                           num_classes: int = 101,
+                           streams: Sequence[str] = ("rgb", "flow"),
+                           logit_weights: Sequence[float] | None = None,
+                           width: float = 1.0) -> Graph:
+  """The layer graph of `tsn_bn_inception` (arguments as there)."""
   return late_fusion("tsn_bn_inception", bn_inception_layers, size, flow_stack,
-                     num_classes, streams, logit_weights, width, seed, weights,
-                     folded, "fc-action")
+                     num_classes, streams, logit_weights, width, "fc-action")
+
+
+def _check_width(width: float, weights: str | None) -> None:
+  if weights and width != 1.0:
+    raise ValueError(f"width={width} builds a narrowed network; converted "
+                     "weights need width=1.0")
 
 
 def late_fusion(name, tower_fn, size, flow_stack, num_classes, streams,
-                logit_weights, width, seed, weights, folded, classifier,
-                top_of=None):
+                logit_weights, width, classifier) -> Graph:
   """A late-fusion pair of Caffe towers (the TSN models): one `Model`."""
   streams = tuple(streams)
   if not streams or any(s not in ("rgb", "flow") for s in streams):
     raise ValueError(f"{name}: streams {streams} invalid; choose from "
                      "('rgb', 'flow')")
-  if weights and width != 1.0:
-    raise ValueError(f"width={width} builds a narrowed network; converted "
-                     "weights need width=1.0")
   default_weights = {"rgb": 1.0, "flow": 1.5}
   specs = {"rgb": base.StreamSpec(1, size, size, 3, _MEAN_PIXELS),
            "flow": base.StreamSpec(flow_stack, size, size, 2, _FLOW_PIXELS)}
@@ -153,7 +166,8 @@ def late_fusion(name, tower_fn, size, flow_stack, num_classes, streams,
     logits.append(f"{s}/{classifier}")
     inputs.append(StreamInput(s, f"{s}/data", 1,
                               flow_stack if s == "flow" else 0, bgr=s == "rgb"))
-  return build(name, nodes=nodes, taps=taps, logits=logits,
-               streams={s: specs[s] for s in streams}, inputs=inputs,
-               folded=folded, bn_eps=1e-5, seed=seed, weights=weights,
-               logit_weights=logit_weights or [default_weights[s] for s in streams])
+  return Graph(name, nodes=tuple(nodes), taps=tuple(taps), logits=tuple(logits),
+               streams={s: specs[s] for s in streams}, inputs=tuple(inputs),
+               logit_weights=tuple(logit_weights or
+                                   [default_weights[s] for s in streams]),
+               bn_eps=1e-5)

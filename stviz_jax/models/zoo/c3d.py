@@ -25,7 +25,8 @@ the rows); `fc7-1`, `fc8-1` are `(C_in, C_out)`. C3D has no batch norm.
 from __future__ import annotations
 
 from stviz_jax.models import base, registry
-from stviz_jax.models.netgraph import Conv, Dense, Pool, StreamInput, build, scaled
+from stviz_jax.models.netgraph import (Conv, Dense, Graph, Pool, StreamInput,
+                                       build, scaled)
 
 # (block, convolutions' output channels)
 C3D_BLOCKS = ((1, ("conv1a", 64)), (2, ("conv2a", 128)),
@@ -69,10 +70,16 @@ def c3d(frames: int = 16, size: int = 112, num_classes: int = 487,
   if weights and width != 1.0:
     raise ValueError(f"width={width} builds a narrowed network; converted "
                      "weights need width=1.0")
+  return build(c3d_graph(frames, size, num_classes, width), folded=folded,
+               seed=seed, weights=weights)
+
+
+def c3d_graph(frames: int = 16, size: int = 112, num_classes: int = 487,
+              width: float = 1.0) -> Graph:
+  """The layer graph of `c3d` (arguments as there)."""
   nodes = c3d_layers("data", width, num_classes)
-  return build("c3d", nodes=nodes, taps=[n.name for n in nodes],
+  return Graph("c3d", nodes=tuple(nodes), taps=tuple(n.name for n in nodes),
                logits=(nodes[-1].name,),
                streams={"rgb": base.StreamSpec(frames, size, size, 3,
                                                (-128.0, 127.0))},
-               inputs=(StreamInput("rgb", "data", frames, bgr=True),),
-               folded=folded, seed=seed, weights=weights)
+               inputs=(StreamInput("rgb", "data", frames, bgr=True),))

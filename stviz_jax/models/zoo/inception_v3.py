@@ -36,8 +36,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from stviz_jax.models import base, registry
-from stviz_jax.models.netgraph import Concat, Conv, Dense, Pool, scaled
-from stviz_jax.models.zoo.bn_inception import late_fusion
+from stviz_jax.models.netgraph import (Concat, Conv, Dense, Graph, Pool,
+                                       build, scaled)
+from stviz_jax.models.zoo.bn_inception import _check_width, late_fusion
 
 
 def inception_v3_layers(prefix: str, bottom: str, width: float,
@@ -179,6 +180,18 @@ def tsn_inception_v3(size: int = 299, flow_stack: int = 5, num_classes: int = 40
     folded: fold the BN layers into the convolutions (default).
   """
   _check_size(size)
+  _check_width(width, weights)
+  graph = tsn_inception_v3_graph(size, flow_stack, num_classes, streams,
+                                 logit_weights, width)
+  return build(graph, folded=folded, seed=seed, weights=weights)
+
+
+def tsn_inception_v3_graph(size: int = 299, flow_stack: int = 5,
+                           num_classes: int = 400,
+                           streams: Sequence[str] = ("rgb", "flow"),
+                           logit_weights: Sequence[float] | None = None,
+                           width: float = 1.0) -> Graph:
+  """The layer graph of `tsn_inception_v3` (arguments as there)."""
+  _check_size(size)
   return late_fusion("tsn_inception_v3", inception_v3_layers, size, flow_stack,
-                     num_classes, streams, logit_weights, width, seed, weights,
-                     folded, "fc_action")
+                     num_classes, streams, logit_weights, width, "fc_action")

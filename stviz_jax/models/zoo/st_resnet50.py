@@ -48,8 +48,8 @@ minus 128), as for `vgg16_fusion`.
 from __future__ import annotations
 
 from stviz_jax.models import base, registry
-from stviz_jax.models.netgraph import (Add, Conv, Dense, Pool, StreamInput,
-                                       build, scaled)
+from stviz_jax.models.netgraph import (Add, Conv, Dense, Graph, Pool,
+                                       StreamInput, build, scaled)
 
 # (stage, units, bottleneck channels, output channels, first stride)
 RESNET50_STAGES = ((2, 3, 64, 256, 1), (3, 4, 128, 512, 2),
@@ -141,6 +141,15 @@ def st_resnet50(frames: int = 5, size: int = 224, flow_stack: int = 10,
   if weights and width != 1.0:
     raise ValueError(f"width={width} builds a narrowed network; converted "
                      "weights need width=1.0")
+  graph = st_resnet50_graph(frames, size, flow_stack, flow_stride, num_classes,
+                            width)
+  return build(graph, folded=folded, seed=seed, weights=weights)
+
+
+def st_resnet50_graph(frames: int = 5, size: int = 224, flow_stack: int = 10,
+                      flow_stride: int | None = None, num_classes: int = 101,
+                      width: float = 1.0) -> Graph:
+  """The layer graph of `st_resnet50` (arguments as there)."""
   flow_stride = flow_stride or flow_stack
   flow = resnet50_layers("flow/", "flow/data", width, frames, num_classes)
   rgb = resnet50_layers("rgb/", "rgb/data", width, frames, num_classes,
@@ -152,6 +161,6 @@ def st_resnet50(frames: int = 5, size: int = 224, flow_stack: int = 10,
   }
   inputs = (StreamInput("rgb", "rgb/data", frames),
             StreamInput("flow", "flow/data", frames, flow_stack, flow_stride))
-  return build("st_resnet50", nodes=flow + rgb, taps=_taps(rgb) + _taps(flow),
-               logits=("rgb/prediction",), streams=streams, inputs=inputs,
-               folded=folded, bn_eps=1e-5, seed=seed, weights=weights)
+  return Graph("st_resnet50", nodes=tuple(flow + rgb),
+               taps=tuple(_taps(rgb) + _taps(flow)), logits=("rgb/prediction",),
+               streams=streams, inputs=inputs, bn_eps=1e-5)

@@ -47,8 +47,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from stviz_jax.models import base, registry
-from stviz_jax.models.netgraph import (Concat, Conv, Dense, Pool, StreamInput,
-                                       build, scaled)
+from stviz_jax.models.netgraph import (Concat, Conv, Dense, Graph, Pool,
+                                       StreamInput, build, scaled)
 
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512),
                 (512, 512, 512))
@@ -101,6 +101,16 @@ def vgg16_fusion(frames: int = 5, size: int = 224, flow_stack: int = 10,
     weights: a converted weights directory (architecture 'vgg16_fusion').
     folded: accepted for a uniform interface; VGG-16 has no batch norm.
   """
+  _check_width(width, weights)
+  graph = vgg16_fusion_graph(frames, size, flow_stack, flow_stride, num_classes,
+                             width)
+  return build(graph, folded=folded, seed=seed, weights=weights)
+
+
+def vgg16_fusion_graph(frames: int = 5, size: int = 224, flow_stack: int = 10,
+                       flow_stride: int | None = None, num_classes: int = 101,
+                       width: float = 1.0) -> Graph:
+  """The layer graph of `vgg16_fusion` (arguments as there)."""
   flow_stride = flow_stride or flow_stack
   flow_tower = vgg16_layers("flow/", "flow/data", width, pool5=False)
   pool5 = dict(kind="max", kernel=(frames, 2, 2), stride=(2, 2, 2), ceil_mode=False)
@@ -123,10 +133,8 @@ def vgg16_fusion(frames: int = 5, size: int = 224, flow_stack: int = 10,
   }
   inputs = (StreamInput("rgb", "rgb/data", frames),
             StreamInput("flow", "flow/data", frames, flow_stack, flow_stride))
-  _check_width(width, weights)
-  return build("vgg16_fusion", nodes=nodes, taps=taps, logits=("fc8",),
-               streams=streams, inputs=inputs, folded=folded, seed=seed,
-               weights=weights)
+  return Graph("vgg16_fusion", nodes=tuple(nodes), taps=tuple(taps),
+               logits=("fc8",), streams=streams, inputs=inputs)
 
 
 @registry.register("vgg16_two_stream")
@@ -146,6 +154,18 @@ def vgg16_two_stream(size: int = 224, flow_stack: int = 10, num_classes: int = 1
       (default equal weights).
     width, seed, weights, folded: as for `vgg16_fusion`.
   """
+  _check_width(width, weights)
+  graph = vgg16_two_stream_graph(size, flow_stack, num_classes, streams,
+                                 logit_weights, width)
+  return build(graph, folded=folded, seed=seed, weights=weights)
+
+
+def vgg16_two_stream_graph(size: int = 224, flow_stack: int = 10,
+                           num_classes: int = 101,
+                           streams: Sequence[str] = ("rgb", "flow"),
+                           logit_weights: Sequence[float] | None = None,
+                           width: float = 1.0) -> Graph:
+  """The layer graph of `vgg16_two_stream` (arguments as there)."""
   streams = tuple(streams)
   bad = [s for s in streams if s not in ("rgb", "flow")]
   if bad or not streams:
@@ -163,11 +183,10 @@ def vgg16_two_stream(size: int = 224, flow_stack: int = 10, num_classes: int = 1
     logits.append(tower[-1].name)
     inputs.append(StreamInput(s, f"{s}/data", 1, flow_stack if s == "flow" else 0,
                               bgr=s == "rgb"))
-  _check_width(width, weights)
-  return build("vgg16_two_stream", nodes=nodes, taps=taps, logits=logits,
-               streams={s: specs[s] for s in streams}, inputs=inputs,
-               folded=folded, seed=seed, weights=weights,
-               logit_weights=logit_weights or (1.0,) * len(streams))
+  return Graph("vgg16_two_stream", nodes=tuple(nodes), taps=tuple(taps),
+               logits=tuple(logits), streams={s: specs[s] for s in streams},
+               inputs=tuple(inputs),
+               logit_weights=tuple(logit_weights or (1.0,) * len(streams)))
 
 
 def _check_width(width: float, weights: str | None) -> None:
