@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import re
@@ -1193,35 +1194,131 @@ def load_converted(path: str, **overrides) -> base.Model:
     os.unlink(tmp)
 
 
+def to_zoo(architecture: str, parts: Sequence[tuple[str, str, str]], *, target=None,
+           **overrides):
+  """Caffe nets into a zoo architecture whose parameters carry the Caffe names.
+
+  The zoo models built from Caffe releases (`vgg16_two_stream`,
+  `tsn_bn_inception`, `tsn_inception_v3`, `c3d`) name their parameters
+  `params[tower][caffe/layer/name]['kernel' | 'bias']` (the Caffe name split
+  at '/'), in the layouts this converter produces (BN folded, InnerProduct
+  rows in (T, H, W, C) order); their RGB towers take RGB and feed the Caffe
+  layers BGR, as the Caffe nets expect. So the mapping is by name, strictly:
+  every zoo parameter must be filled by exactly one Caffe layer of the right
+  shape and every Caffe layer with weights must land somewhere.
+
+  Args:
+    architecture: registered zoo name.
+    parts: `(tower, prototxt, caffemodel)` per tower ('' for a model without
+      tower prefixes, e.g. `c3d`).
+    target: an already built zoo model with these overrides (optional).
+    **overrides: zoo factory arguments (`streams`, `num_classes`, ...).
+
+  Returns:
+    `(model, overrides)`: the zoo model with the converted weights.
+  """
+  from stviz_jax.models import registry
+  values: dict[str, np.ndarray] = {}
+  sources = []
+  for tower, proto, caffemodel in parts:
+    net = parse_net(proto)
+    graph = build_graph(net)
+    converted = convert_weights(graph, read_caffemodel(caffemodel), caffemodel,
+                                truncated=[l.name for l in net.dropped])
+    prefix = f"params/{tower}/" if tower else "params/"
+    for op in graph.ops:
+      if op.params is None:
+        continue
+      for leaf, v in converted["params"][op.params].items():
+        values[f"{prefix}{op.name}/{leaf}"] = v
+    sources.append(caffemodel)
+  if target is None:
+    target = registry.load(architecture, **overrides)
+  variables = common.fill_like(target.variables, values, " + ".join(sources))
+  variables = jax.tree.map(jnp.asarray, variables)
+  model = base.wrap(target.module, variables, target.spec.streams,
+                    layers=target.spec.layers, name=target.name, labels=target.labels)
+  return model, dict(overrides)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m converters.caffe",
-      description="Convert a Caffe net (prototxt + caffemodel) into a stviz_jax "
-                  "weights directory, without Caffe. Read it back with "
-                  "converters.caffe.load_converted(OUTPUT).")
-  parser.add_argument("prototxt", help="net definition (deploy or train_val)")
-  parser.add_argument("caffemodel", help="binary weights (new or legacy V1 format)")
+      description="Convert Caffe nets (prototxt + caffemodel; any of the BVLC, "
+                  "action-recognition, C3D v1.0/v1.1 dialects, new or legacy V1 "
+                  "weights) into a stviz_jax weights directory, without Caffe.",
+      epilog="Examples:\n"
+             "  any net:  python -m converters.caffe out/ --net deploy.prototxt "
+             "w.caffemodel\n"
+             "            -> converters.caffe.load_converted('out/')\n"
+             "  zoo:      python -m converters.caffe out/ --architecture "
+             "vgg16_two_stream \\\n"
+             "              --part rgb spatial.prototxt spatial.caffemodel "
+             "--part flow flow.prototxt flow.caffemodel\n"
+             "            -> stviz_jax.models.load('vgg16_two_stream', weights='out/')",
+      formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("output", help="weights directory to write (replaced atomically)")
+  parser.add_argument("--net", nargs=2, metavar=("PROTOTXT", "CAFFEMODEL"),
+                      help="convert one net as it is (read back with load_converted)")
   parser.add_argument("--stream", choices=["rgb", "flow", "input"], default=None,
-                      help="input stream name; 'flow' reads 2k channels as k (x, y) frames")
+                      help="--net: input stream name; 'flow' reads 2k channels as "
+                           "k (x, y) frames")
   parser.add_argument("--input-shape", type=lambda s: tuple(int(v) for v in s.split(",")),
-                      default=None, help="Caffe-order input shape without batch, e.g. 3,224,224")
-  parser.add_argument("--last-layer", default=None, help="cut the net after this layer")
-  parser.add_argument("--labels", default=None, help="text file with one class name per line")
+                      default=None, help="--net: Caffe-order input shape without "
+                                         "batch, e.g. 3,224,224")
+  parser.add_argument("--last-layer", default=None, help="--net: cut after this layer")
+  parser.add_argument("--labels", default=None, help="--net: class names, one per line")
+  parser.add_argument("--architecture", default=None,
+                      help="fill this zoo architecture instead (see --part)")
+  parser.add_argument("--part", nargs=3, action="append", default=[],
+                      metavar=("TOWER", "PROTOTXT", "CAFFEMODEL"),
+                      help="with --architecture: one tower ('rgb', 'flow'; '-' for "
+                           "none) and its Caffe files; repeat per tower")
+  parser.add_argument("--arg", action="append", default=[], metavar="KEY=JSON",
+                      help="with --architecture: zoo factory argument, e.g. "
+                           "num_classes=51 or streams='[\"rgb\"]'")
   args = parser.parse_args(argv)
-  labels = None
-  if args.labels:
-    with open(args.labels) as f:
-      labels = [l.strip() for l in f if l.strip()]
+  if bool(args.net) == bool(args.architecture):
+    parser.error("give either --net PROTOTXT CAFFEMODEL or --architecture with --part")
   try:
-    model = save(args.output, args.prototxt, args.caffemodel, stream=args.stream,
-                 input_shape=args.input_shape, last_layer=args.last_layer, labels=labels)
-  except (CaffeError, common.ConversionError, prototxt.PrototxtError) as e:
+    if args.net:
+      labels = None
+      if args.labels:
+        with open(args.labels) as f:
+          labels = [l.strip() for l in f if l.strip()]
+      model = save(args.output, *args.net, stream=args.stream, input_shape=args.input_shape,
+                   last_layer=args.last_layer, labels=labels)
+      hint = f"converters.caffe.load_converted({args.output!r})"
+    else:
+      if not args.part:
+        parser.error("--architecture needs at least one --part")
+      overrides = {}
+      for item in args.arg:
+        key, _, value = item.partition("=")
+        try:
+          overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+          overrides[key] = value
+      if isinstance(overrides.get("streams"), list):
+        overrides["streams"] = tuple(overrides["streams"])
+      parts = [("" if t == "-" else t, p, c) for t, p, c in args.part]
+      model, kwargs = to_zoo(args.architecture, parts, **overrides)
+      first = parts[0][2]
+      common.save(args.output, model.variables, source=first,
+                  architecture=args.architecture, fmt="caffe",
+                  parts=[{"tower": t, "prototxt": os.path.abspath(p),
+                          "caffemodel": os.path.abspath(c),
+                          "caffemodel_sha256": checkpoint.sha256(c)} for t, p, c in parts],
+                  load_kwargs={k: list(v) if isinstance(v, tuple) else v
+                               for k, v in kwargs.items()})
+      args_text = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+      hint = (f"stviz_jax.models.load({args.architecture!r}, weights={args.output!r}"
+              f"{args_text})")
+  except (CaffeError, common.ConversionError, prototxt.PrototxtError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"wrote {args.output}: {model.name}, streams "
-        f"{ {k: v.shape for k, v in model.spec.streams.items()} }, "
-        f"{len(model.spec.layers)} taps")
+        f"{ {k: v.shape for k, v in model.spec.streams.items()} }; load it with {hint}")
   return 0
 
 

@@ -570,3 +570,78 @@ def test_wire_reader_reports_field_path(tmp_path):
       r"odd\.caffemodel: at byte \d+ \(NetParameter\.layer\[0\]\.blobs\[0\]\.data\): "
       r"packed float32 array of 7 bytes")):
     caffe.read_caffemodel(path)
+
+
+# ---------------------------------------------------------------------------
+# Saving: the generic command line, and Caffe nets into zoo architectures.
+
+
+def test_cli_writes_weights_that_load_back(fixtures_dir, tmp_path):
+  from stviz_jax.models import checkpoint
+  proto, weights = (str(fixtures_dir / p) for p in LENETS[2])
+  out = str(tmp_path / "lenet")
+  assert caffe.main([out, "--net", proto, weights]) == 0
+  _, meta = checkpoint.restore(out)
+  assert meta["architecture"] == "caffe" and meta["source_sha256"] == checkpoint.sha256(weights)
+  model = caffe.load_converted(out)
+  images, labels = mnist_samples(fixtures_dir)
+  logits = model({"input": images[:, None, :, :, None]})
+  np.testing.assert_array_equal(np.argmax(logits, -1), labels)
+  # A failing conversion leaves nothing behind.
+  assert caffe.main([str(tmp_path / "bad"), "--net", proto, LENETS[0][0]]) == 1
+  assert not (tmp_path / "bad").exists()
+
+
+def narrowed(text, classes=10):
+  """A VGG-16 prototxt at 1/16 width (the zoo's width=1/16), `classes` outputs."""
+  narrow = {4096: 256, 512: 32, 256: 16, 128: 8, 64: 4, 101: classes}
+  return re.sub(r"num_output: (\d+)", lambda m: f"num_output: {narrow[int(m.group(1))]}", text)
+
+
+def random_caffemodel(proto_path, seed):
+  g = caffe.build(proto_path)
+  rs = np.random.RandomState(seed)
+  layers = []
+  for op in g.ops:
+    a = dict(op.attrs)
+    if op.kind == "conv":
+      shape = (a["cout"], a["cin"] // a["group"]) + tuple(a["kernel"])
+    elif op.kind == "dense":
+      shape = (a["cout"], int(np.prod(a["cin_shape"])))
+    else:
+      continue
+    fan_in = np.prod(shape[1:])
+    layers.append((op.name, "X", [rs.randn(*shape) * np.sqrt(2 / fan_in), rs.randn(shape[0]) * 0.1]))
+  return caffemodel_bytes(layers)
+
+
+@pytest.mark.slow  # building the zoo model takes ~15 s of CPU
+def test_cuhk_two_stream_caffe_into_zoo_vgg16_two_stream(fixtures_dir, tmp_path):
+  """The zoo's late-fusion VGG-16 filled from both CUHK Caffe nets equals the
+  Caffe nets run directly (RGB in, BGR inside; flow (10, H, W, 2) interleaved)."""
+  from stviz_jax.models import registry
+  d = fixtures_dir / "cuhk_vgg16_two_stream_caffe"
+  parts = []
+  for tower, name in (("rgb", "cuhk_action_spatial_vgg_16_deploy"),
+                      ("flow", "cuhk_action_temporal_vgg_16_flow_deploy")):
+    proto = write(tmp_path, name + ".prototxt", narrowed((d / (name + ".prototxt")).read_text()))
+    parts.append((tower, proto, write(tmp_path, name + ".caffemodel",
+                                      random_caffemodel(proto, len(parts)))))
+  target = registry.load("vgg16_two_stream", width=1 / 16, num_classes=10)
+  zoo, _ = caffe.to_zoo("vgg16_two_stream", parts, target=target, width=1 / 16, num_classes=10)
+  rgb_net = caffe.load(parts[0][1], parts[0][2])
+  flow_net = caffe.load(parts[1][1], parts[1][2], stream="flow")
+  rs = np.random.RandomState(0)
+  rgb = rs.uniform(-100, 100, (1, 1, 224, 224, 3)).astype(np.float32)
+  flow = rs.uniform(-20, 20, (1, 10, 224, 224, 2)).astype(np.float32)
+  z = zoo.activations({"rgb": rgb, "flow": flow},
+                      ["rgb/conv3_3", "rgb/fc8-1", "flow/pool5", "flow/fc8", "logits"])
+  r = rgb_net.activations({"rgb": rgb[..., ::-1]}, ["relu3_3", "fc8-1"])
+  f = flow_net.activations({"flow": flow}, ["pool5", "fc8"])
+  assert relerr(np.asarray(z["rgb/conv3_3"]).reshape(r["relu3_3"].shape), r["relu3_3"]) < 1e-5
+  assert relerr(z["rgb/fc8-1"], r["fc8-1"]) < 1e-5
+  assert relerr(np.asarray(z["flow/pool5"]).reshape(f["pool5"].shape), f["pool5"]) < 1e-5
+  assert relerr(z["logits"], np.asarray(r["fc8-1"]) + np.asarray(f["fc8"])) < 1e-5
+  # Only one tower given: the other's parameters are reported missing.
+  with pytest.raises(common.ConversionError, match=r"missing 32: params/flow/conv1_1/bias"):
+    caffe.to_zoo("vgg16_two_stream", parts[:1], target=target)
