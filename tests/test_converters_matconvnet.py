@@ -192,3 +192,18 @@ def test_unused_dagnn_param_and_bad_files_are_clear_errors(fixtures_dir, tmp_pat
   cut.write_bytes(data[:len(data) // 2])
   with pytest.raises(matconvnet.MatConvNetError, match=r"cut\.mat: not a readable MATLAB"):
     matconvnet.load(str(cut))
+
+
+def test_cli_round_trip(fixtures_dir, imdb, tmp_path):
+  from stviz_jax.models import checkpoint
+  src = str(fixtures_dir / NET)
+  out = str(tmp_path / "mcn")
+  assert matconvnet.main([src, out]) == 0
+  _, meta = checkpoint.restore(out)
+  assert meta["architecture"] == "matconvnet"
+  assert meta["source_sha256"] == checkpoint.sha256(src)
+  x = imdb[0][:8]
+  np.testing.assert_array_equal(matconvnet.load_converted(out)({"rgb": x}),
+                                matconvnet.load(src)({"rgb": x}))
+  assert matconvnet.main([str(tmp_path / "nope.mat"), str(tmp_path / "bad")]) == 1
+  assert not (tmp_path / "bad").exists()
