@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import re
 import sys
@@ -608,6 +609,119 @@ def load(path: str, *, streams: Mapping[str, str] | None = None, flow: bool = Fa
                    layers=[n for n, _ in graph.taps] + [base.LOGITS])
 
 
+# ---------------------------------------------------------------------------
+# Zoo architectures from MatConvNet releases (tables keyed by DagNN layer name).
+
+_VGG16_CONVS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2",
+                "conv3_3", "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2",
+                "conv5_3")
+
+
+def _fc_as_dense(w):
+  """A MatConvNet fully connected filter `kh x kw x Cin x Cout` -> Dense `(kh*kw*Cin, Cout)`
+  over the input flattened in (H, W, C) order (C-order reshape of the filter)."""
+  w = np.asarray(w, np.float32)
+  w = w.reshape(w.shape + (1,) * (4 - w.ndim))
+  return w.reshape(-1, w.shape[-1])
+
+
+def _conv3d(w):
+  """MatConvNet Conv3D filter `[H W T Cin Cout]` -> Flax `(T, H, W, Cin, Cout)`."""
+  w = np.asarray(w, np.float32)
+  if w.ndim != 5:
+    raise ValueError(f"Conv3D filter must be H x W x T x Cin x Cout, got {w.shape}")
+  return np.transpose(w, (2, 0, 1, 3, 4))
+
+
+def _conv2d(w):
+  w = np.asarray(w, np.float32)
+  return w.reshape(w.shape + (1,) * (4 - w.ndim))
+
+
+def _bias_vec(b):
+  return np.asarray(b, np.float32).ravel(order="F")
+
+
+def twostreamfusion_vgg16_table() -> dict[str, tuple[str, Any]]:
+  """`feichtenhofer/twostreamfusion` (`cnn_ucf101_fusion.m`) DagNN layers -> `vgg16_fusion`.
+
+  Layer names get `_spatial` / `_temporal` suffixes; the class layer is
+  renamed `prediction`; the fusion convolution is `conv53D` (params
+  `conv3Df`, `conv3Db`). Returns layer -> (zoo parameter scope, kernel transform).
+  """
+  table = {}
+  for suffix, tower, head in (("_spatial", "rgb/", ""), ("_temporal", "flow/", "flow/")):
+    for c in _VGG16_CONVS:
+      table[c + suffix] = (tower + c, _conv2d)
+    table["fc6" + suffix] = (head + "fc6", _fc_as_dense)
+    table["fc7" + suffix] = (head + "fc7", _fc_as_dense)
+    table["prediction" + suffix] = (head + "fc8", _fc_as_dense)
+  table["conv53D"] = ("conv5_fusion", _conv3d)
+  return table
+
+
+ZOO_TABLES = {"vgg16_fusion": twostreamfusion_vgg16_table}
+
+
+def to_zoo(path: str, architecture: str = "vgg16_fusion", *, target=None, **overrides):
+  """A MatConvNet DagNN release into a zoo architecture, strictly by layer name.
+
+  Every DagNN layer with parameters must be in the table and every zoo
+  parameter filled; the first parameter of a layer is its filter, the second
+  its bias (as `dagnn.Conv` / `dagnn.Conv3D` store them).
+
+  Args:
+    path: the `.mat` file (variable `net`, DagNN).
+    architecture: a key of `ZOO_TABLES`.
+    target: an already built zoo model with these overrides (optional).
+    **overrides: zoo factory arguments (`frames`, `num_classes`, ...).
+
+  Returns:
+    `(model, overrides)`: the zoo model with the converted weights.
+  """
+  from stviz_jax.models import registry
+  if architecture not in ZOO_TABLES:
+    raise ValueError(f"no MatConvNet table for {architecture!r}; available: "
+                     f"{', '.join(ZOO_TABLES)}")
+  table = ZOO_TABLES[architecture]()
+  mat = loadmat(path)
+  if "net" not in mat:
+    raise MatConvNetError(f"{path}: no variable 'net'")
+  net = _one(mat["net"])
+  params = {_str(_get(_one(p), "name")): _get(_one(p), "value")
+            for p in _cells(_get(net, "params"))}
+  values, unexpected, mismatched, used = {}, [], [], set()
+  for layer in (_one(l) for l in _cells(_get(net, "layers"))):
+    name = _str(_get(layer, "name"))
+    pnames = [_str(p) for p in _cells(_get(layer, "params"))]
+    if not pnames:
+      continue
+    if name not in table:
+      unexpected.append(f"layer {name} ({', '.join(pnames)})")
+      continue
+    scope, transform = table.pop(name)
+    missing = [p for p in pnames if p not in params]
+    if missing or len(pnames) > 2:
+      mismatched.append(f"layer {name}: params {pnames} (missing {missing})")
+      continue
+    used.update(pnames)
+    try:
+      values[f"params/{scope}/kernel"] = transform(params[pnames[0]])
+    except ValueError as e:
+      mismatched.append(f"layer {name}: {e}")
+    if len(pnames) == 2:
+      values[f"params/{scope}/bias"] = _bias_vec(params[pnames[1]])
+  unexpected += [f"net.params '{p}'" for p in params if p not in used]
+  common.check_complete(path, missing=[f"layer {n}" for n in table],
+                        unexpected=unexpected, mismatched=mismatched)
+  if target is None:
+    target = registry.load(architecture, **overrides)
+  variables = jax.tree.map(jnp.asarray, common.fill_like(target.variables, values, path))
+  model = base.wrap(target.module, variables, target.spec.streams,
+                    layers=target.spec.layers, name=target.name, labels=target.labels)
+  return model, dict(overrides)
+
+
 ARCHITECTURE = "matconvnet"
 
 
@@ -646,18 +760,39 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--input-size", default=None,
                       type=lambda s: tuple(int(v) for v in s.split(",")),
                       help="H,W,C when meta.inputSize is missing")
+  parser.add_argument("--architecture", default=None, choices=sorted(ZOO_TABLES),
+                      help="fill this zoo architecture (e.g. the twostreamfusion "
+                           "release into vgg16_fusion); read back with "
+                           "stviz_jax.models.load(ARCH, weights=OUTPUT)")
+  parser.add_argument("--arg", action="append", default=[], metavar="KEY=JSON",
+                      help="with --architecture: zoo factory argument, e.g. num_classes=51")
   args = parser.parse_args(argv)
-  kwargs = {"flow": args.flow}
-  if args.input_size:
-    kwargs["input_size"] = args.input_size
   try:
-    model = save(args.output, args.mat, **kwargs)
-  except (MatConvNetError, common.ConversionError) as e:
+    if args.architecture:
+      overrides = {}
+      for item in args.arg:
+        key, _, value = item.partition("=")
+        try:
+          overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+          overrides[key] = value
+      model, kwargs = to_zoo(args.mat, args.architecture, **overrides)
+      common.save(args.output, model.variables, source=args.mat,
+                  architecture=args.architecture, fmt="matconvnet",
+                  load_kwargs=kwargs)
+      hint = (f"stviz_jax.models.load({args.architecture!r}, weights={args.output!r}"
+              + "".join(f", {k}={v!r}" for k, v in kwargs.items()) + ")")
+    else:
+      kwargs = {"flow": args.flow}
+      if args.input_size:
+        kwargs["input_size"] = args.input_size
+      model = save(args.output, args.mat, **kwargs)
+      hint = f"converters.matconvnet.load_converted({args.output!r})"
+  except (MatConvNetError, common.ConversionError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"wrote {args.output}: {model.name}, streams "
-        f"{ {k: v.shape for k, v in model.spec.streams.items()} }, "
-        f"{len(model.spec.layers)} taps")
+        f"{ {k: v.shape for k, v in model.spec.streams.items()} }; load it with {hint}")
   return 0
 
 

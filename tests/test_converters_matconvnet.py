@@ -207,3 +207,89 @@ def test_cli_round_trip(fixtures_dir, imdb, tmp_path):
                                 matconvnet.load(src)({"rgb": x}))
   assert matconvnet.main([str(tmp_path / "nope.mat"), str(tmp_path / "bad")]) == 1
   assert not (tmp_path / "bad").exists()
+
+
+def conv_nhwc(x, w, pad):
+  """x (H, W, C), w (kh, kw, C, O) MatConvNet filter, symmetric pad: cross-correlation."""
+  xp = np.pad(x, ((pad, pad), (pad, pad), (0, 0)))
+  kh, kw = w.shape[:2]
+  h, wd = xp.shape[0] - kh + 1, xp.shape[1] - kw + 1
+  return sum(np.einsum("hwc,co->hwo", xp[i:i + h, j:j + wd], w[i, j])
+             for i in range(kh) for j in range(kw))
+
+
+@pytest.mark.slow  # building the zoo model takes ~15 s of CPU
+def test_twostreamfusion_dagnn_into_zoo_vgg16_fusion(tmp_path):
+  """A DagNN file named as `cnn_ucf101_fusion.m` writes it (random weights,
+  MatConvNet layouts) fills `vgg16_fusion`; taps checked by direct NumPy sums."""
+  from stviz_jax.models import registry
+  kw = dict(width=1 / 16, num_classes=10, frames=2)
+  target = registry.load("vgg16_fusion", **kw)
+  shapes = {k: np.shape(v) for k, v in common.flatten(target.variables).items()}
+  rs = np.random.RandomState(0)
+  layers, params = [], []
+
+  def add(layer, kernel_shape, bias_len):
+    f = (rs.randn(*kernel_shape) * np.sqrt(2 / np.prod(kernel_shape[:-1]))).astype(np.float32)
+    b = (0.1 * rs.randn(1, bias_len)).astype(np.float32)
+    params.extend([{"name": layer + "f", "value": f}, {"name": layer + "b", "value": b}])
+    layers.append({"name": layer, "type": "dagnn.Conv", "inputs": cell(["x"]),
+                   "outputs": cell([layer]), "params": cell([layer + "f", layer + "b"]),
+                   "block": {}})
+    return f
+
+  filters = {}
+  for suffix, tower, head in (("_spatial", "rgb/", ""), ("_temporal", "flow/", "flow/")):
+    for name in matconvnet._VGG16_CONVS:
+      filters[tower + name] = add(name + suffix, shapes[f"params/{tower}{name}/kernel"],
+                                  shapes[f"params/{tower}{name}/bias"][0])
+    c5, f6 = shapes[f"params/{tower}conv5_3/kernel"][-1], shapes[f"params/{head}fc6/bias"][0]
+    filters[head + "fc6"] = add("fc6" + suffix, (7, 7, c5, f6), f6)
+    add("fc7" + suffix, (1, 1, f6, f6), f6)
+    add("prediction" + suffix, (1, 1, f6, 10), 10)
+    layers.append({"name": "relu5_3" + suffix, "type": "dagnn.ReLU", "inputs": cell(["x"]),
+                   "outputs": cell(["y"]), "params": cell([]), "block": {}})
+  k3 = shapes["params/conv5_fusion/kernel"]  # (T, H, W, Cin, Cout)
+  filters["conv5_fusion"] = add("conv53D", (k3[1], k3[2], k3[0], k3[3], k3[4]), k3[4])
+  path = str(tmp_path / "fusion.mat")
+  fields = ["name", "type", "inputs", "outputs", "params", "block"]
+  scipy.io.savemat(path, {"net": {"layers": struct_array(layers, fields),
+                                  "params": struct_array(params, ["name", "value"])}})
+  model, _ = matconvnet.to_zoo(path, "vgg16_fusion", target=target, **kw)
+
+  rgb = rs.uniform(-100, 100, (1, 2, 224, 224, 3)).astype(np.float32)
+  flow = rs.uniform(-20, 20, (1, 20, 224, 224, 2)).astype(np.float32)
+  acts = model.activations({"rgb": rgb, "flow": flow},
+                           ["rgb/conv1_1", "flow/conv1_1", "rgb/conv5_3", "flow/conv5_3",
+                            "conv5_fusion", "pool5", "fc6"])
+  p = common.flatten(model.variables)
+  b = lambda scope: np.asarray(p[f"params/{scope}/bias"], np.float64)
+  ref = np.maximum(conv_nhwc(rgb[0, 1].astype(np.float64), filters["rgb/conv1_1"], 1)
+                   + b("rgb/conv1_1"), 0)
+  np.testing.assert_allclose(acts["rgb/conv1_1"][0, 1], ref, rtol=1e-4, atol=1e-3)
+  stack = np.moveaxis(flow[0, 10:20], 0, 2).reshape(224, 224, 20)  # u1, v1, ..., u10, v10
+  ref = np.maximum(conv_nhwc(stack.astype(np.float64), filters["flow/conv1_1"], 1)
+                   + b("flow/conv1_1"), 0)
+  np.testing.assert_allclose(acts["flow/conv1_1"][0, 1], ref, rtol=1e-4, atol=1e-3)
+  # Fusion: 3x3x3 over [appearance; motion] with the [H W T Cin Cout] filter, pad 1.
+  cat = np.concatenate([acts["rgb/conv5_3"][0], acts["flow/conv5_3"][0]], -1).astype(np.float64)
+  catp = np.pad(cat, ((1, 1), (1, 1), (1, 1), (0, 0)))
+  w3 = filters["conv5_fusion"]
+  fused = sum(np.einsum("thwc,co->thwo", catp[t:t + 2, i:i + 14, j:j + 14], w3[i, j, t])
+              for t in range(3) for i in range(3) for j in range(3))
+  fused = np.maximum(fused + b("conv5_fusion"), 0)
+  assert np.abs(acts["conv5_fusion"][0] - fused).max() < 1e-4 * np.abs(fused).max()
+  # fc6: the 7x7xCxF filter applied as MatConvNet does (a full-size convolution).
+  pool5 = np.asarray(acts["pool5"][0, 0], np.float64)
+  fc6 = np.maximum(np.einsum("hwc,hwco->o", pool5, filters["fc6"]) + b("fc6"), 0)
+  np.testing.assert_allclose(np.asarray(acts["fc6"]).reshape(-1), fc6, rtol=1e-4, atol=1e-4)
+  # Strict: a layer the table does not know is reported with the missing ones.
+  layers.append({"name": "fc9_spatial", "type": "dagnn.Conv", "inputs": cell(["x"]),
+                 "outputs": cell(["y"]), "params": cell(["fc9f"]), "block": {}})
+  params.append({"name": "fc9f", "value": np.zeros((1, 1, 2, 2), np.float32)})
+  layers[:] = [l for l in layers if l["name"] != "conv53D"]
+  scipy.io.savemat(path, {"net": {"layers": struct_array(layers, fields),
+                                  "params": struct_array(params, ["name", "value"])}})
+  with pytest.raises(common.ConversionError,
+                     match=r"missing 1: layer conv53D; unexpected 4: .*layer fc9_spatial"):
+    matconvnet.to_zoo(path, "vgg16_fusion", target=target, **kw)
