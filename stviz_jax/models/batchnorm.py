@@ -22,7 +22,9 @@ every `{conv: bn}` pair of a Flax variable tree (the zoo's unfolded models).
 | Flax `BatchNorm` | `scale?, bias?` + `mean, var` | `flax_affine` |
 | Sonnet v1 `BatchNorm` | `gamma?, beta?, moving_mean, moving_variance` | `sonnet_affine` |
 
-All functions are pure `jax.numpy` (they accept NumPy arrays) and work under
+All functions are pure: on NumPy (or concrete JAX) arrays they compute in
+NumPy and return NumPy arrays (converters stay fast, no compilation per
+layer shape); on traced values they use `jax.numpy`, so they work under
 `jit`.
 """
 
@@ -30,9 +32,17 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 PyTree = Any
+
+
+def _xp(*arrays):
+  """`jax.numpy` if any argument is traced, else NumPy."""
+  leaves = jax.tree.leaves(arrays)
+  return jnp if any(isinstance(a, jax.core.Tracer) for a in leaves) else np
 
 
 def affine(mean, var, scale=None, offset=None, eps: float = 1e-5):
@@ -48,14 +58,15 @@ def affine(mean, var, scale=None, offset=None, eps: float = 1e-5):
   Returns:
     `(m, s)`, each `(C,)`, with `BN(z) = m * z + s`.
   """
-  mean = jnp.ravel(jnp.asarray(mean, jnp.float32))
-  var = jnp.ravel(jnp.asarray(var, jnp.float32))
-  m = 1.0 / jnp.sqrt(var + eps)
+  xp = _xp(mean, var, scale, offset)
+  mean = xp.ravel(xp.asarray(mean, xp.float32))
+  var = xp.ravel(xp.asarray(var, xp.float32))
+  m = 1.0 / xp.sqrt(var + xp.float32(eps))
   if scale is not None:
-    m = m * jnp.ravel(jnp.asarray(scale, jnp.float32))
+    m = m * xp.ravel(xp.asarray(scale, xp.float32))
   s = -mean * m
   if offset is not None:
-    s = s + jnp.ravel(jnp.asarray(offset, jnp.float32))
+    s = s + xp.ravel(xp.asarray(offset, xp.float32))
   return m, s
 
 
@@ -74,10 +85,11 @@ def caffe_affine(batchnorm_blobs, scale_blobs=None, eps: float = 1e-5):
   if len(batchnorm_blobs) != 3:
     raise ValueError(f"Caffe BatchNorm has 3 blobs (mean, var, factor); got "
                      f"{len(batchnorm_blobs)}")
-  f = jnp.ravel(jnp.asarray(batchnorm_blobs[2], jnp.float32))[0]
-  inv = jnp.where(f == 0, 0.0, 1.0 / jnp.where(f == 0, 1.0, f))
-  mean = jnp.asarray(batchnorm_blobs[0], jnp.float32) * inv
-  var = jnp.asarray(batchnorm_blobs[1], jnp.float32) * inv
+  xp = _xp(batchnorm_blobs)
+  f = xp.ravel(xp.asarray(batchnorm_blobs[2], xp.float32))[0]
+  inv = xp.where(f == 0, 0.0, 1.0 / xp.where(f == 0, 1.0, f))
+  mean = xp.asarray(batchnorm_blobs[0], xp.float32) * inv
+  var = xp.asarray(batchnorm_blobs[1], xp.float32) * inv
   gamma = beta = None
   if scale_blobs:
     gamma = scale_blobs[0]
@@ -103,10 +115,11 @@ def matconvnet_affine(mult, bias, moments):
   `moments` is `(C, 2)` holding `[mu, sigma]` with sigma = sqrt(var + eps)
   already (MatConvNet stores the standard deviation, epsilon included).
   """
-  moments = jnp.asarray(moments, jnp.float32).reshape(-1, 2)
+  xp = _xp(mult, bias, moments)
+  moments = xp.asarray(moments, xp.float32).reshape(-1, 2)
   mu, sigma = moments[:, 0], moments[:, 1]
-  m = jnp.ravel(jnp.asarray(mult, jnp.float32)) / sigma
-  return m, jnp.ravel(jnp.asarray(bias, jnp.float32)) - mu * m
+  m = xp.ravel(xp.asarray(mult, xp.float32)) / sigma
+  return m, xp.ravel(xp.asarray(bias, xp.float32)) - mu * m
 
 
 def flax_affine(bn_params: Mapping[str, Any] | None, bn_stats: Mapping[str, Any],
@@ -136,7 +149,8 @@ def fold(kernel, bias, m, s, out_axis: int = -1):
   Returns:
     `(m * W, m * b + s)`: the kernel and the (new) bias.
   """
-  kernel = jnp.asarray(kernel)
+  xp = _xp(kernel, bias, m, s)
+  kernel, m, s = xp.asarray(kernel), xp.asarray(m), xp.asarray(s)
   c = kernel.shape[out_axis]
   if m.shape != (c,) or s.shape != (c,):
     raise ValueError(f"batch norm has {m.shape[0]} channels but the kernel "
@@ -144,7 +158,7 @@ def fold(kernel, bias, m, s, out_axis: int = -1):
   shape = [1] * kernel.ndim
   shape[out_axis] = c
   new_kernel = kernel * m.reshape(shape).astype(kernel.dtype)
-  b = jnp.zeros((c,), jnp.float32) if bias is None else jnp.ravel(jnp.asarray(bias))
+  b = xp.zeros((c,), xp.float32) if bias is None else xp.ravel(xp.asarray(bias))
   return new_kernel, (m * b + s).astype(new_kernel.dtype)
 
 

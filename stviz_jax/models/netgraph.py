@@ -380,20 +380,19 @@ def randomize_batchnorm(variables: dict, nodes: Sequence[Node], seed: int) -> di
   1, bias 0); random values make "folded equals unfolded" a real test and a
   random model's batch norm non-trivial.
   """
-  key = jax.random.PRNGKey(seed + 7919)
-  params = jax.tree.map(lambda x: x, _as_dict(variables["params"]))
-  stats = jax.tree.map(lambda x: x, _as_dict(variables["batch_stats"]))
+  rng = np.random.default_rng(seed + 7919)  # NumPy: no compile per BN shape
+  params = _as_dict(variables["params"])
+  stats = _as_dict(variables["batch_stats"])
   for conv, bn in bn_pairs(nodes).items():
     path = bn.split("/")
     p, st = params, stats
     for k in path[:-1]:
       p, st = p[k], st[k]
     c = st[path[-1]]["mean"].shape[-1]
-    key, k1, k2, k3, k4 = jax.random.split(key, 5)
-    st[path[-1]] = {"mean": 0.5 * jax.random.normal(k1, (c,)),
-                    "var": jax.random.uniform(k2, (c,), minval=0.5, maxval=2.0)}
-    p[path[-1]] = {"scale": jax.random.uniform(k3, (c,), minval=0.5, maxval=1.5),
-                   "bias": 0.2 * jax.random.normal(k4, (c,))}
+    st[path[-1]] = {"mean": rng.normal(0.0, 0.5, c).astype(np.float32),
+                    "var": rng.uniform(0.5, 2.0, c).astype(np.float32)}
+    p[path[-1]] = {"scale": rng.uniform(0.5, 1.5, c).astype(np.float32),
+                   "bias": rng.normal(0.0, 0.2, c).astype(np.float32)}
   return {"params": params, "batch_stats": stats}
 
 
@@ -401,6 +400,31 @@ def _as_dict(tree):
   if isinstance(tree, Mapping):
     return {k: _as_dict(v) for k, v in tree.items()}
   return tree
+
+
+def init_variables(graph: "Graph", seed: int) -> dict:
+  """Random unfolded variables: He-normal kernels, zero biases, identity BN.
+
+  Drawn with NumPy from the parameter shapes (`jax.eval_shape` of the Flax
+  init), so building a 150-layer model compiles nothing and never runs a
+  forward pass.
+  """
+  shapes = jax.eval_shape(graph.module(folded=False).init, jax.random.PRNGKey(0),
+                          graph.dummy_inputs())
+  rng = np.random.default_rng(seed)
+
+  def make(path, leaf):
+    name = path[-1].key
+    collection = path[0].key
+    if collection == "params" and name == "kernel":
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      return (rng.standard_normal(leaf.shape, np.float32)
+              * np.float32(np.sqrt(2.0 / fan_in)))
+    if name in ("scale", "var"):
+      return np.ones(leaf.shape, np.float32)
+    return np.zeros(leaf.shape, np.float32)  # biases, BN offsets and means
+
+  return _as_dict(jax.tree_util.tree_map_with_path(make, shapes))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -472,8 +496,7 @@ def build(graph: Graph, *, folded: bool = True, seed: int = 0,
       raise ValueError(f"{weights}: weights for {graph.name!r} have batch norm "
                        "folded already; load them with folded=True")
   else:
-    variables = _as_dict(graph.module(folded=False).lazy_init(
-        jax.random.PRNGKey(seed), graph.dummy_inputs()))
+    variables = init_variables(graph, seed)
     if pairs:
       variables = randomize_batchnorm(variables, graph.nodes, seed)
       if folded:
