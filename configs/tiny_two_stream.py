@@ -18,6 +18,7 @@ from stviz_jax.config import default_config
 def get_config(arg=None):
   config = default_config()
   config.model = "tiny_two_stream"
+  config.model_overrides = dict(size=32, frames=4, width=16)
   config.layer = "fusion"
   config.units = "0-3"
   config.gammas = (0.0, 1.0, 10.0)

@@ -14,6 +14,7 @@ from stviz_jax import regularizers
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = "tiny_two_stream"     # registry name (stviz_jax.models.names()).
+  c.model_overrides = ml_collections.ConfigDict()  # factory arguments (size, frames, ...).
   c.weights = ""                  # converted weights (orbax dir) for the model; "" = default.
   c.layer = "fusion"              # tap to visualise.
   # Units: "all", "0-7", "1,4,9", or class names for the logits ("playing chess;yoga").
@@ -40,4 +41,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Temporal regularisation settings of the flow stream to run (kappa fixed),
   # each a full result; empty = just regularizer.flow.gamma.
   c.gammas = ()
+  c.sweep = ml_collections.ConfigDict(dict(
+      memory_budget_gb=0.0,       # > 0: chunk_size (when 0) from XLA's memory analysis.
+      resume=True,                # checkpoint finished chunks; a rerun continues.
+      distributed=False,          # jax.distributed.initialize(): one process per host.
+  ))
   return c

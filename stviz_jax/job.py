@@ -21,10 +21,11 @@ import time
 from typing import Sequence
 
 from absl import logging
+import jax
 import ml_collections
 import numpy as np
 
-from stviz_jax import gallery, models, render
+from stviz_jax import gallery, models, render, sweep
 from stviz_jax.optimize import Result, Visualizer, _atomic_savez
 
 
@@ -107,11 +108,23 @@ def layer_grid(results: Sequence[Result]) -> np.ndarray:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs the job described by `config` and writes everything under `workdir`."""
+  """Runs the job described by `config` and writes everything under `workdir`.
+
+  Units x settings run as one resumable sweep (`stviz_jax.sweep`): rerunning
+  the same command after a kill continues from the last finished chunk. With
+  `config.sweep.distributed`, each host sweeps its own slice of the units and
+  writes under `workdir/host_<k>`.
+  """
+  if config.sweep.distributed:
+    jax.distributed.initialize()
+  if jax.process_count() > 1:
+    workdir = os.path.join(workdir, f"host_{jax.process_index()}")
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=2))
-  kwargs = {"weights": config.weights} if config.weights else {}
+  kwargs = dict(config.model_overrides)
+  if config.weights:
+    kwargs["weights"] = config.weights
   model = models.load(config.model, **kwargs)
   layer = config.layer
   model.spec.check_layer(layer)
@@ -122,12 +135,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = {"model": model.name, "seed": config.seed, "layers": {}}
   results = []
   t0 = time.time()
-  for tv in settings_from_config(config, model.spec.streams):
+  settings = settings_from_config(config, model.spec.streams)
+  state_dir = (os.path.join(workdir, _layer_dir(layer), "sweep_state")
+               if config.sweep.resume else None)
+  sweep_results = sweep.run_sweep(vis, sweep.host_units(units), settings, config,
+                                  state_dir, seed=config.seed)
+  for tv, result in zip(settings, sweep_results):
     name = setting_name(tv)
-    result = vis.run(units, seed=config.seed, tv=tv)
     out_dir = os.path.join(workdir, _layer_dir(layer), name)
     result.save(os.path.join(out_dir, "result.npz"), config)
-    for i in range(len(units)):
+    for i in range(len(result.units)):
       save_unit_media(out_dir, result, config, i)
     summary["layers"].setdefault(layer, {})[name] = {
         "a_hat_given": result.a_hat_given,

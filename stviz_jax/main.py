@@ -4,6 +4,8 @@ Any config field can be overridden, e.g. `--config.steps=50 --config.units=0-15`
 a misspelt field fails with the list of valid ones (`lock_config=True`).
 """
 
+import logging as std_logging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -15,10 +17,18 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory receiving all outputs
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Drops orbax's per-save INFO chatter so progress lines stay readable."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   job.run(_CONFIG.value, _WORKDIR.value)
 
 

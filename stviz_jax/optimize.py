@@ -208,48 +208,70 @@ class Visualizer:
 
   def _run_chunk(self, variables, units, keys, tv):
     self.trace_count += 1  # runs only while tracing.
-    return jax.vmap(self._single, in_axes=(None, 0, 0, None))(variables, units, keys, tv)
+    return jax.vmap(self._single, in_axes=(None, 0, 0, 0))(variables, units, keys, tv)
 
   # --- the public loop ---------------------------------------------------------
 
-  def run(self, units: Sequence[int], seed: int = 0,
-          tv: Mapping[str, tuple[float, float]] | None = None,
-          chunk_size: int | None = None, log_progress: bool = True) -> Result:
-    """Optimises `units` in chunks of `chunk_size` (padded, one compilation)."""
-    units = np.asarray(units, np.int32).ravel()
-    if units.size == 0:
-      raise ValueError("no units to visualise")
-    self.model.spec.check_units(self.layer, units)
+  def settings(self, tv: Mapping[str, tuple[float, float]] | None = None
+               ) -> dict[str, tuple[float, float]]:
+    """The config's `{stream: (kappa, gamma)}` updated with `tv` (validated)."""
     settings = dict(self.default_tv())
     settings.update({k: tuple(float(x) for x in v) for k, v in (tv or {}).items()})
     bad = set(settings) - set(self.streams)
     if bad:
       raise ValueError(f"regularisation given for unknown stream(s) {sorted(bad)}; "
                        f"streams: {sorted(self.streams)}")
-    tv_arrays = {k: (jnp.float32(a), jnp.float32(b)) for k, (a, b) in settings.items()}
-    chunk = int(chunk_size or self.config.chunk_size or units.size)
-    chunk = min(chunk, units.size)
+    return settings
+
+  def run_chunk(self, units: np.ndarray, settings: Sequence[Mapping[str, tuple]],
+                seed: int, sharding=None, replicated=None):
+    """One compiled call: element i optimises `units[i]` under `settings[i]`.
+
+    Every call with the same number of elements reuses one compilation. With
+    `sharding` (a `NamedSharding` over the element axis) and `replicated` the
+    chunk is split across devices and the weights copied to each.
+
+    Returns:
+      `(inputs, activations, history)` as numpy arrays with a leading element axis.
+    """
+    units = jnp.asarray(np.asarray(units, np.int32))
+    base_key = jax.random.PRNGKey(seed)
+    keys = jax.vmap(lambda c: jax.random.fold_in(base_key, c))(units)
+    tv = {s: tuple(jnp.asarray([st[s][j] for st in settings], jnp.float32)
+                   for j in range(2)) for s in self.streams}
+    variables = self.model.variables
+    if sharding is not None:
+      units, keys, tv = jax.device_put((units, keys, tv), sharding)
+      variables = jax.device_put(variables, replicated)
+    out = jax.device_get(self._run(variables, units, keys, tv))
+    _check_finite(out[2]["objective"], np.asarray(jax.device_get(units)), 0)
+    return out
+
+  def run(self, units: Sequence[int], seed: int = 0,
+          tv: Mapping[str, tuple[float, float]] | None = None,
+          chunk_size: int | None = None, log_progress: bool = True) -> Result:
+    """Optimises `units` in chunks of `chunk_size` (the last one padded; one compilation)."""
+    units = np.asarray(units, np.int32).ravel()
+    if units.size == 0:
+      raise ValueError("no units to visualise")
+    self.model.spec.check_units(self.layer, units)
+    settings = self.settings(tv)
+    chunk = min(int(chunk_size or self.config.chunk_size or units.size), units.size)
     n_chunks = -(-units.size // chunk)
     padded = np.concatenate([units, np.full(n_chunks * chunk - units.size, units[-1],
                                             np.int32)])
-    base_key = jax.random.PRNGKey(seed)
     outs = []
     t0 = time.time()
     for i in range(n_chunks):
       u = padded[i * chunk:(i + 1) * chunk]
-      keys = jax.vmap(lambda c: jax.random.fold_in(base_key, c))(jnp.asarray(u))
-      out = jax.device_get(self._run(self.model.variables, jnp.asarray(u), keys, tv_arrays))
-      _check_finite(out[2]["objective"], u, i * chunk)
-      outs.append(out)
+      outs.append(self.run_chunk(u, [settings] * chunk, seed))
       if log_progress:
         done = min((i + 1) * chunk, units.size)
         rate = done / (time.time() - t0)
         logging.info("%s: %d/%d units, %.2f units/s, ETA %.0fs", self.layer, done,
                      units.size, rate, (units.size - done) / rate)
     n = units.size
-    cat = lambda *xs: np.concatenate(xs)[:n]
-    x, act, hist = jax.tree.map(cat, *outs) if len(outs) > 1 else jax.tree.map(
-        lambda v: np.asarray(v)[:n], outs[0])
+    x, act, hist = jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
     return Result(layer=self.layer, units=units, inputs=dict(x),
                   activations=np.asarray(act), history=dict(hist),
                   a_hat_given=self.config.objective.a_hat not in (None, 1.0),
@@ -262,8 +284,8 @@ def _check_finite(obj_hist: np.ndarray, units: np.ndarray, offset: int) -> None:
     row = int(np.argmax(bad.any(axis=1)))
     step = int(np.argmax(bad[row]))
     raise FloatingPointError(f"non-finite objective for unit {int(units[row])} at "
-                             f"step {step} (chunk offset {offset}); lower "
-                             "optimizer.learning_rate or check the model's weights")
+                             f"step {step}; lower optimizer.learning_rate or check "
+                             "the model's weights")
 
 
 def visualize(model: Model, layer: str, units: Sequence[int],

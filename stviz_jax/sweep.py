@@ -1,0 +1,203 @@
+"""Whole-layer sweeps: every unit x every regularisation setting, chunked,
+sharded over devices (and hosts), resumable after a kill, with progress.
+
+The (unit, setting) pairs are flattened into one element axis and cut into
+equal chunks; the last chunk is padded with copies of the last element, so
+one compiled step serves the whole sweep. The element axis is sharded over
+the local devices with a `NamedSharding` (weights replicated). Each finished
+chunk is checkpointed with orbax's `CheckpointManager`; a rerun of the same
+command restores finished chunks and computes the rest with the same compiled
+function, so on CPU the final results are bitwise those of an uninterrupted
+run. Across hosts (`jax.distributed`), each process takes a disjoint slice of
+the units and writes its own results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Mapping, Sequence
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from stviz_jax.optimize import Result, Visualizer
+
+_FALLBACK_CHUNK = 32
+
+
+def host_units(units: Sequence[int]) -> list[int]:
+  """The disjoint slice of `units` this process sweeps (all of them on one host)."""
+  return list(units)[jax.process_index()::jax.process_count()]
+
+
+def element_memory_bytes(vis: Visualizer) -> int | None:
+  """Device memory one (unit, setting) element needs, from XLA's memory analysis."""
+  try:
+    streams = vis.streams
+    units = np.zeros((1,), np.int32)
+    keys = jax.random.split(jax.random.PRNGKey(0), 1)
+    tv = {s: (np.ones((1,), np.float32), np.ones((1,), np.float32)) for s in streams}
+    traces = vis.trace_count
+    compiled = vis._run.lower(vis.model.variables, units, keys, tv).compile()
+    vis.trace_count = traces  # a planning trace, not a sweep compilation.
+    mem = compiled.memory_analysis()
+    if mem is None:
+      return None
+    weights = sum(np.asarray(v).nbytes for v in jax.tree.leaves(vis.model.variables))
+    total = (mem.temp_size_in_bytes + mem.argument_size_in_bytes
+             + mem.output_size_in_bytes - weights)
+    return max(int(total), 1)
+  except Exception as e:  # memory analysis is best effort on some backends.
+    logging.warning("memory analysis unavailable (%s); chunk size %d", e, _FALLBACK_CHUNK)
+    return None
+
+
+def plan_chunk_size(vis: Visualizer, n_elements: int, n_devices: int,
+                    chunk_size: int = 0, memory_budget_gb: float = 0.0) -> int:
+  """Elements per chunk: given, or the most that fit the memory budget per device.
+
+  The result is a multiple of `n_devices` and at most `n_elements` rounded up
+  to one.
+  """
+  if chunk_size <= 0:
+    per_element = element_memory_bytes(vis) if memory_budget_gb > 0 else None
+    if per_element:
+      chunk_size = max(1, int(memory_budget_gb * 2**30 // per_element)) * n_devices
+      logging.info("chunk size %d from %.2f GB per device / %.1f MB per element",
+                   chunk_size, memory_budget_gb, per_element / 2**20)
+    else:
+      chunk_size = _FALLBACK_CHUNK
+  chunk_size = min(chunk_size, n_elements)
+  return -(-chunk_size // n_devices) * n_devices
+
+
+def _fingerprint(model_name, layer, units, settings, config) -> str:
+  blob = json.dumps(dict(model=model_name, layer=layer, units=list(map(int, units)),
+                         settings=settings, config=json.loads(config.to_json())),
+                    sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class _ChunkStore:
+  """Finished chunks in an orbax CheckpointManager, guarded by a sweep fingerprint."""
+
+  def __init__(self, directory: str, fingerprint: str):
+    os.makedirs(directory, exist_ok=True)
+    stamp = os.path.join(directory, "sweep.json")
+    if os.path.exists(stamp):
+      with open(stamp) as f:
+        old = json.load(f)["fingerprint"]
+      if old != fingerprint:
+        raise ValueError(f"{directory} holds a sweep with a different model, layer, "
+                         "units or config; use another --workdir or delete it")
+    else:
+      tmp = stamp + ".tmp"
+      with open(tmp, "w") as f:
+        json.dump({"fingerprint": fingerprint}, f)
+      os.replace(tmp, stamp)
+    self.manager = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(directory), "chunks"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True))
+
+  def done(self) -> set[int]:
+    return set(self.manager.all_steps())
+
+  def save(self, index: int, out) -> None:
+    self.manager.save(index, args=ocp.args.StandardSave(_as_tree(out)))
+    self.manager.wait_until_finished()
+
+  def restore(self, index: int):
+    tree = self.manager.restore(index, args=ocp.args.StandardRestore())
+    return tree["inputs"], tree["activation"], tree["history"]
+
+
+def _as_tree(out):
+  inputs, act, hist = out
+  return {"inputs": dict(inputs), "activation": np.asarray(act), "history": dict(hist)}
+
+
+def run_sweep(vis: Visualizer, units: Sequence[int],
+              settings: Sequence[Mapping[str, tuple[float, float]]],
+              config: ml_collections.ConfigDict, state_dir: str | None = None,
+              seed: int = 0) -> list[Result]:
+  """Optimises every unit under every setting; returns one `Result` per setting.
+
+  Args:
+    vis: the compiled optimisation for one layer (and objective).
+    units: unit indices (this host's share; see `host_units`).
+    settings: `{stream: (kappa, gamma)}` per setting ({} = the config's).
+    config: uses `chunk_size`, `sweep.memory_budget_gb` (when present).
+    state_dir: where finished chunks are checkpointed; None = no resume.
+    seed: unit u starts from `fold_in(PRNGKey(seed), u)` under every setting.
+  """
+  units = np.asarray(list(units), np.int32)
+  if units.size == 0:
+    raise ValueError(f"no units to sweep for layer {vis.layer!r} on this host")
+  vis.model.spec.check_units(vis.layer, units)
+  full = [vis.settings(s) for s in settings] or [vis.settings()]
+  elements = [(int(u), k) for k in range(len(full)) for u in units]
+
+  devices = jax.local_devices()
+  mesh = Mesh(np.asarray(devices), ("units",))
+  sharding = NamedSharding(mesh, P("units"))
+  replicated = NamedSharding(mesh, P())
+  sweep_cfg = config.get("sweep", None) or {}
+  chunk = plan_chunk_size(vis, len(elements), len(devices), int(config.chunk_size or 0),
+                          float(sweep_cfg.get("memory_budget_gb", 0.0)))
+  n_chunks = -(-len(elements) // chunk)
+  padded = elements + [elements[-1]] * (n_chunks * chunk - len(elements))
+
+  store = None
+  if state_dir:
+    store = _ChunkStore(state_dir, _fingerprint(vis.model.name, vis.layer, units, full,
+                                                config))
+  done = store.done() if store else set()
+  if done:
+    logging.info("%s: resuming, %d/%d chunks already done", vis.layer, len(done), n_chunks)
+
+  outs = []
+  t0 = time.time()
+  compile_s = 0.0
+  computed = 0
+  for i in range(n_chunks):
+    part = padded[i * chunk:(i + 1) * chunk]
+    if i in done:
+      outs.append(store.restore(i))
+      continue
+    t = time.time()
+    traces = vis.trace_count
+    out = vis.run_chunk(np.array([u for u, _ in part], np.int32),
+                        [full[k] for _, k in part], seed, sharding, replicated)
+    if vis.trace_count > traces:
+      compile_s = time.time() - t  # first call of the sweep: compile + run.
+    if store:
+      store.save(i, out)
+    outs.append(out)
+    computed += 1
+    n_done = min((i + 1) * chunk, len(elements))
+    rate = computed * chunk / (time.time() - t0)
+    logging.info("%s: chunk %d/%d, %d/%d (unit, setting) pairs, %.2f units/s, ETA %.0fs",
+                 vis.layer, i + 1, n_chunks, n_done, len(elements), rate,
+                 (len(elements) - n_done) / max(rate, 1e-9))
+  total = time.time() - t0
+  logging.info("%s: sweep of %d pairs done in %.1fs (first chunk incl. compile %.1fs, "
+               "%d chunks restored, %d compilation(s))", vis.layer, len(elements), total,
+               compile_s, len(done), vis.trace_count)
+
+  inputs, act, hist = jax.tree.map(lambda *xs: np.concatenate(xs)[:len(elements)], *outs)
+  results = []
+  n = units.size
+  for k, s in enumerate(full):
+    sl = slice(k * n, (k + 1) * n)
+    results.append(Result(
+        layer=vis.layer, units=units, inputs={m: v[sl] for m, v in inputs.items()},
+        activations=np.asarray(act[sl]), history={m: v[sl] for m, v in hist.items()},
+        a_hat_given=config.objective.a_hat not in (None, 1.0), seed=seed, settings=s))
+  return results

@@ -1,0 +1,129 @@
+"""Whole-layer sweeps: sharding equals one device, kill-and-resume is bitwise,
+ragged chunk sizes, one compilation per sweep."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import stviz_jax as sv
+from stviz_jax import sweep
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(steps=4, chunk_size=0):
+  c = sv.default_config()
+  c.steps = steps
+  c.chunk_size = chunk_size
+  return c
+
+
+@pytest.fixture(scope="module")
+def model():
+  return sv.models.load("tiny_two_stream", size=16, frames=3, width=8)
+
+
+@pytest.mark.parametrize("n_units,chunk", [(5, 2), (3, 8), (4, 4)])
+def test_ragged_chunks_match_plain_run_and_compile_once(model, n_units, chunk):
+  vis = sv.Visualizer(model, "flow/conv2", _config(chunk_size=chunk))
+  units = list(range(n_units))
+  settings = [{"flow": (1.0, 0.0)}, {"flow": (1.0, 10.0)}]
+  results = sweep.run_sweep(vis, units, settings, vis.config, seed=3)
+  assert vis.trace_count == 1
+  assert [r.settings["flow"] for r in results] == [(1.0, 0.0), (1.0, 10.0)]
+  for r, s in zip(results, settings):
+    assert list(r.units) == units
+    ref = sv.Visualizer(model, "flow/conv2", _config()).run(units, seed=3, tv=s,
+                                                            log_progress=False)
+    for k in ref.inputs:
+      np.testing.assert_allclose(r.inputs[k], ref.inputs[k], rtol=0, atol=2e-3 * 12.5)
+
+
+def test_chunk_size_from_memory_budget(model):
+  vis = sv.Visualizer(model, "flow/conv2", _config())
+  per = sweep.element_memory_bytes(vis)
+  assert per is None or per > 0
+  if per is not None:  # a budget of three elements per device, four devices.
+    assert sweep.plan_chunk_size(vis, 100, 4, 0, memory_budget_gb=3 * per / 2**30) == 12
+  assert sweep.plan_chunk_size(vis, 6, 4, chunk_size=0) == 8  # rounded to devices.
+  assert sweep.plan_chunk_size(vis, 10, 1, chunk_size=64) == 10  # capped at the count.
+  assert vis.trace_count == 0
+
+
+def test_sharded_sweep_equals_single_device(tmp_path):
+  script = textwrap.dedent("""
+      import sys, numpy as np, jax
+      import stviz_jax as sv
+      from stviz_jax import sweep
+      assert len(jax.devices()) == 4, jax.devices()
+      m = sv.models.load("tiny_two_stream", size=16, frames=3, width=8)
+      c = sv.default_config(); c.steps = 4; c.chunk_size = 4
+      vis = sv.Visualizer(m, "fusion", c)
+      sharded = sweep.run_sweep(vis, [0, 1, 2, 3, 4, 5, 6], [{}], c, seed=1)[0]
+      single = sv.Visualizer(m, "fusion", c).run([0, 1, 2, 3, 4, 5, 6], seed=1,
+                                                 chunk_size=7, log_progress=False)
+      np.savez(sys.argv[1], sharded=sharded.inputs["flow"], single=single.inputs["flow"],
+               traces=vis.trace_count)
+  """)
+  out = tmp_path / "out.npz"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  subprocess.run([sys.executable, "-c", script, str(out)], check=True, env=env, cwd=ROOT,
+                 timeout=600)
+  with np.load(out) as f:
+    assert int(f["traces"]) == 1
+    np.testing.assert_allclose(f["sharded"], f["single"], rtol=0, atol=2e-3 * 12.5)
+
+
+def _main_cmd(workdir):
+  return [sys.executable, "-m", "stviz_jax.main",
+          "--config=configs/tiny_two_stream.py:quick", f"--workdir={workdir}",
+          "--config.steps=3", "--config.units=0-5", "--config.chunk_size=2",
+          "--config.model_overrides.size=16", "--config.model_overrides.width=8"]
+
+
+def _finished_chunks(workdir):
+  d = pathlib.Path(workdir) / "fusion" / "sweep_state" / "chunks"
+  return [p for p in d.iterdir() if p.name.isdigit()] if d.is_dir() else []
+
+
+def test_kill_and_resume_is_bitwise_identical(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  reference = tmp_path / "reference"
+  subprocess.run(_main_cmd(reference), check=True, env=env, cwd=ROOT, timeout=600,
+                 capture_output=True)
+
+  resumed = tmp_path / "resumed"
+  proc = subprocess.Popen(_main_cmd(resumed), env=env, cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 600
+  while len(_finished_chunks(resumed)) < 2 and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  n_before = len(_finished_chunks(resumed))
+  assert 2 <= n_before < 9, "the kill should land mid-sweep (9 chunks of 2)"
+  assert not (resumed / "summary.json").exists()
+
+  run = subprocess.run(_main_cmd(resumed), check=True, env=env, cwd=ROOT, timeout=600,
+                       capture_output=True, text=True)
+  assert f"resuming, {n_before}/9 chunks already done" in run.stderr
+  for setting in ("kappa1_gamma0", "kappa1_gamma1", "kappa1_gamma10"):
+    with np.load(reference / "fusion" / setting / "result.npz") as a, \
+         np.load(resumed / "fusion" / setting / "result.npz") as b:
+      for key in ("inputs_flow", "inputs_rgb", "activations", "history_objective"):
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_resume_refuses_a_different_sweep(tmp_path, model):
+  vis = sv.Visualizer(model, "flow/conv2", _config(chunk_size=2))
+  sweep.run_sweep(vis, [0, 1], [{}], vis.config, state_dir=str(tmp_path / "s"))
+  with pytest.raises(ValueError, match="holds a sweep with a different model, layer, units or config"):
+    sweep.run_sweep(vis, [0, 1, 2], [{}], vis.config, state_dir=str(tmp_path / "s"))
