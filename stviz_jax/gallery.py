@@ -48,10 +48,13 @@ of a per-unit array belongs to unit u of the layer.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import html
 import json
 import os
+import re
 import urllib.parse
 import zipfile
 from typing import Any, Iterable, Mapping, Sequence
@@ -91,6 +94,7 @@ class SettingRun:
   a_hat_given: bool
   config: dict | None
   shapes: dict[str, tuple[int, ...]]
+  _files: dict[int, list[str]] | None = dataclasses.field(default=None, repr=False)
 
   @property
   def dir(self) -> str:
@@ -108,6 +112,16 @@ class SettingRun:
   def load_inputs(self, stream: str) -> np.ndarray:
     with np.load(self.path) as f:
       return f[f"inputs_{stream}"]
+
+  def unit_files(self, unit: int) -> list[str]:
+    """Files of `unit` beside the result (`unit_0003*`), listed once per run."""
+    if self._files is None:
+      self._files = {}
+      for name in sorted(os.listdir(self.dir)):
+        m = re.match(r"unit_(\d+)[_.]", name)
+        if m:
+          self._files.setdefault(int(m.group(1)), []).append(name)
+    return self._files.get(int(unit), [])
 
   def index(self, unit: int) -> int | None:
     hits = np.flatnonzero(self.units == unit)
@@ -311,16 +325,26 @@ def _stale(path: str, source_mtime: float) -> bool:
 
 
 def ensure_media(layer: LayerRuns, encodings: Sequence[str] = ("rgb",),
-                 formats: Sequence[str] = DEFAULT_FORMATS, fps: float = 8.0) -> int:
+                 formats: Sequence[str] = DEFAULT_FORMATS, fps: float = 8.0,
+                 workers: int | None = None) -> int:
   """Renders every missing or outdated unit medium and raw-array file.
+
+  Encoding runs in a thread pool (`workers`, default one per CPU up to 8):
+  the video encoders are ffmpeg processes and most of the rest is I/O.
 
   Returns:
     The number of files written.
   """
-  written = 0
+  tasks = []
   for run in layer.runs:
     src_mtime = os.path.getmtime(run.path)
     inputs: dict[str, np.ndarray] = {}
+
+    def stream_inputs(stream, run=run, inputs=inputs):
+      if stream not in inputs:
+        inputs[stream] = run.load_inputs(stream)
+      return inputs[stream]
+
     for i, unit in enumerate(run.units):
       stem = os.path.join(run.dir, f"unit_{int(unit):04d}")
       for view, stream, enc in views_of(layer, encodings):
@@ -328,24 +352,28 @@ def ensure_media(layer: LayerRuns, encodings: Sequence[str] = ("rgb",),
         wanted = [f for f in formats if clip or f == "png"]
         missing = [f for f in wanted if _stale(f"{stem}_{view}.{f}", src_mtime)]
         if missing:
-          if stream not in inputs:
-            inputs[stream] = run.load_inputs(stream)
-          written += len(render.save_stream_media(
-              f"{stem}_{view}", stream, inputs[stream][i], missing, encoding=enc,
-              fps=fps, target_size=DISPLAY_SIZE))
+          tasks.append(functools.partial(
+              render.save_stream_media, f"{stem}_{view}", stream,
+              stream_inputs(stream)[i], missing, encoding=enc, fps=fps,
+              target_size=DISPLAY_SIZE))
       if not os.path.exists(stem + ".npz"):
-        for s in run.shapes:
-          if s not in inputs:
-            inputs[s] = run.load_inputs(s)
-        arrays = {f"inputs_{s}": inputs[s][i] for s in run.shapes}
+        arrays = {f"inputs_{s}": stream_inputs(s)[i] for s in run.shapes}
         arrays.update(activation=np.float32(run.activations[i]), unit=np.int32(unit),
                       seed=np.int32(run.seed),
                       config=np.asarray(json.dumps(run.config or {})))
-        with render.atomic_path(stem + ".npz") as tmp:
-          with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        written += 1
-  return written
+        tasks.append(functools.partial(_save_npz, stem + ".npz", arrays))
+  if not tasks:
+    return 0
+  workers = workers or min(8, os.cpu_count() or 1)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    return sum(len(w) for w in pool.map(lambda task: task(), tasks))
+
+
+def _save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
+  with render.atomic_path(path) as tmp:
+    with open(tmp, "wb") as fh:
+      np.savez(fh, **arrays)
+  return {"npz": path}
 
 
 def _layer_figure(layer: LayerRuns, out_stem: str, encodings: Sequence[str],
@@ -727,7 +755,7 @@ def _unit_page(workdir: str, layer: LayerRuns, page_dir: str, unit: int,
     cells = "".join(f"<td>{_media(page_dir, layer, r, unit, v, s, templated=False)}</td>"
                     for v, s, _ in views)
     rows.append(f"<tr><th>{_e(r.label())}</th>{cells}<td>{float(r.activations[i]):.4g}</td></tr>")
-    files = sorted(f for f in os.listdir(r.dir) if f.startswith(f"unit_{unit:04d}"))
+    files = r.unit_files(unit)
     downloads.append(f"<li>{_e(r.label())}: " + ", ".join(
         f'<a href="{_url(page_dir, os.path.join(r.dir, f))}">{_e(f)}</a>' for f in files)
                      + f' (all units: <a href="{_url(page_dir, r.path)}">{RESULT_FILE}</a>)</li>')

@@ -86,10 +86,13 @@ return {imgs: imgs, vids: vids, format: document.documentElement.dataset.videoFo
 
 
 def _scroll_through(drv):
-  """Scrolls to every media element so lazy images and observed videos load."""
-  drv.execute_script("""
-    for (const el of document.querySelectorAll('img, video')) { el.scrollIntoView(); }
-    window.scrollTo(0, 0);""")
+  """Scrolls down the page step by step so lazy images and observed videos load."""
+  height, view = drv.execute_script(
+      "return [document.documentElement.scrollHeight, window.innerHeight]")
+  for y in range(0, height + view, max(view // 2, 100)):
+    drv.execute_script("window.scrollTo(0, arguments[0])", y)
+    time.sleep(0.1)  # IntersectionObserver reports after the next frames.
+  drv.execute_script("window.scrollTo(0, 0)")
 
 
 def _wait_loaded(drv, timeout=30.0):
@@ -172,3 +175,41 @@ def test_unit_and_index_pages_load_all_media(browser, run_dir, tmp_path):
       assert any(m["src"].endswith("figure.gif") for m in state["imgs"])
   shot = np.asarray(Image.open(tmp_path / "gallery_fusion_unit_0002.html.png"))
   assert shot.std() > 10                                 # something was drawn
+
+
+@pytest.fixture(scope="module")
+def many_units_dir(tmp_path_factory):
+  """A gallery of 24 units (synthetic inputs, no optimisation)."""
+  from stviz_jax import gallery
+  from stviz_jax.optimize import Result
+  rng = np.random.default_rng(0)
+  units = 24
+  workdir = tmp_path_factory.mktemp("many_units")
+  result = Result(layer="fusion", units=np.arange(units),
+                  inputs={"rgb": rng.normal(size=(units, 1, 8, 8, 3)),
+                          "flow": rng.normal(size=(units, 2, 8, 8, 2))},
+                  activations=rng.permutation(units) / units,
+                  history={"objective": rng.normal(size=(units, 3))}, a_hat_given=False,
+                  seed=0, settings={"flow": (1.0, 0.0)})
+  result.save(str(workdir / "fusion" / "kappa1_gamma0" / "result.npz"))
+  gallery.build(str(workdir))
+  return workdir, result
+
+
+def test_offscreen_videos_load_only_when_scrolled_into_view(browser, many_units_dir):
+  workdir, result = many_units_dir
+  browser.set_window_size(700, 500)
+  try:
+    browser.get((workdir / "gallery" / "fusion" / "index.html").as_uri())
+    time.sleep(1.0)
+    with_src = browser.execute_script(
+        "return Array.from(document.querySelectorAll('video')).map(v => v.hasAttribute('src'))")
+    assert len(with_src) == 24
+    assert with_src[0] and not with_src[-1], with_src   # lazy: the bottom waits
+    _assert_loaded(_wait_loaded(browser))                # scrolling loads all
+    # Sorting by activation puts the most active unit first.
+    browser.find_element("css selector", "#sort option[value=act]").click()
+    first = browser.execute_script("return document.querySelector('.tile').dataset.unit")
+    assert int(first) == int(np.argmax(result.activations))
+  finally:
+    browser.set_window_size(1200, 900)
