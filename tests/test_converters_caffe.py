@@ -615,7 +615,6 @@ def random_caffemodel(proto_path, seed):
   return caffemodel_bytes(layers)
 
 
-@pytest.mark.slow  # building the zoo model takes ~15 s of CPU
 def test_cuhk_two_stream_caffe_into_zoo_vgg16_two_stream(fixtures_dir, tmp_path):
   """The zoo's late-fusion VGG-16 filled from both CUHK Caffe nets equals the
   Caffe nets run directly (RGB in, BGR inside; flow (10, H, W, 2) interleaved)."""
@@ -645,3 +644,79 @@ def test_cuhk_two_stream_caffe_into_zoo_vgg16_two_stream(fixtures_dir, tmp_path)
   # Only one tower given: the other's parameters are reported missing.
   with pytest.raises(common.ConversionError, match=r"missing 32: params/flow/conv1_1/bias"):
     caffe.to_zoo("vgg16_two_stream", parts[:1], target=target)
+
+
+def test_c3d_v10_release_into_zoo_c3d(fixtures_dir, tmp_path):
+  """The C3D v1.0 Sports-1M prototxt (narrowed to the zoo's width=1/16) with a
+  C3D-v1.0-format caffemodel fills the zoo's `c3d`: same logits and pool5 as
+  the Caffe graph run directly (RGB in, BGR inside)."""
+  from stviz_jax.models import registry
+  text = (fixtures_dir / "c3d_caffe/v1.0/c3d_sport1m_feature_extractor_frm.prototxt").read_text()
+  narrow = {4096: 256, 512: 32, 256: 16, 128: 8, 64: 4, 487: 10}
+  text = re.sub(r"num_output: (\d+)", lambda m: f"num_output: {narrow[int(m.group(1))]}", text)
+  proto = write(tmp_path, "c3d.prototxt", text)
+  g = caffe.build(proto)
+  rs = np.random.RandomState(0)
+  layers = []
+  for op in g.ops:
+    a = dict(op.attrs)
+    shape = ((a["cout"], a["cin"]) + tuple(a["kernel"]) if op.kind == "conv"
+             else (a["cout"], int(np.prod(a["cin_shape"]))) if op.kind == "dense" else None)
+    if shape:
+      layers.append((op.name, 30, [rs.randn(*shape) * np.sqrt(2 / np.prod(shape[1:])),
+                                   0.1 * rs.randn(shape[0])]))
+  weights = write(tmp_path, "c3d.caffemodel", caffemodel_bytes(layers, v1=True, layout="c3d"))
+  kw = dict(width=1 / 16, num_classes=10)
+  zoo, _ = caffe.to_zoo("c3d", [("", proto, weights)], target=registry.load("c3d", **kw), **kw)
+  direct = caffe.load(proto, weights)
+  clip = rs.uniform(-100, 100, (1, 16, 112, 112, 3)).astype(np.float32)
+  z = zoo.activations({"rgb": clip}, ["pool5", "fc7-1", "logits"])
+  d = direct.activations({"rgb": clip[..., ::-1]}, ["pool5", "relu7", "logits"])
+  assert relerr(np.asarray(z["pool5"]).reshape(d["pool5"].shape), d["pool5"]) < 1e-5
+  assert relerr(z["fc7-1"], d["relu7"]) < 1e-5  # the zoo taps fc7-1 after its ReLU
+  assert relerr(z["logits"], d["logits"]) < 1e-5
+
+
+@pytest.mark.parametrize("arch,rel,tower,tap,direct_tap", [
+    ("tsn_bn_inception", "tsn_bn_inception_caffe/ucf101/tsn_bn_inception_flow_deploy.prototxt",
+     "flow", "inception_4b/double_3x3_2", "inception_4b/relu_double_3x3_2"),
+    ("tsn_inception_v3", "tsn_inception_v3_kinetics_caffe/inception_v3_flow_deploy.prototxt",
+     "flow", "mixed_4_tower_1_conv_1", "mixed_4_tower_1_conv_1"),
+], ids=["bn_inception", "inception_v3"])
+def test_tsn_caffe_releases_into_zoo(fixtures_dir, tmp_path, arch, rel, tower, tap, direct_tap):
+  """The TSN flow deploy prototxts (narrowed to width 1/16, random BN statistics)
+  fill the zoo's TSN models by Caffe layer name; BN is folded on the way."""
+  from stviz_jax.models import registry
+  text = (fixtures_dir / rel).read_text()
+  text = re.sub(r"num_output: (\d+)", lambda m: "num_output: %d" % (
+      int(m.group(1)) // 16 if int(m.group(1)) not in (101, 400) else 10), text)
+  proto = write(tmp_path, "net.prototxt", text)
+  g = caffe.build(proto)
+  rs = np.random.RandomState(0)
+  layers = []
+  for op in g.ops:
+    a = dict(op.attrs)
+    if op.kind == "conv":
+      shape = (a["cout"], a["cin"]) + tuple(a["kernel"])
+    elif op.kind == "dense":
+      shape = (a["cout"], int(np.prod(a["cin_shape"])))
+    else:
+      continue
+    blobs = [rs.randn(*shape) * np.sqrt(2 / np.prod(shape[1:]))]
+    if a["bias"]:
+      blobs.append(0.1 * rs.randn(shape[0]))
+    layers.append((op.name, "X", blobs))
+    for bn, _ in dict(op.attrs).get("folded", ()):
+      c = shape[0]
+      layers.append((bn, "BN", [rs.uniform(0.5, 1.5, (1, c)), 0.1 * rs.randn(1, c),
+                                0.1 * rs.randn(1, c), rs.uniform(0.5, 2, (1, c))]))
+  weights = write(tmp_path, "net.caffemodel", caffemodel_bytes(layers))
+  kw = dict(width=1 / 16, num_classes=10, streams=(tower,))
+  zoo, _ = caffe.to_zoo(arch, [(tower, proto, weights)], target=registry.load(arch, **kw), **kw)
+  direct = caffe.load(proto, weights, stream="flow")
+  x = rs.uniform(-20, 20, (1,) + zoo.spec.streams["flow"].shape).astype(np.float32)
+  z = zoo.activations({"flow": x}, [f"flow/{tap}", "logits"])
+  d = direct.activations({"flow": x}, [direct_tap, "logits"])
+  assert relerr(np.asarray(z[f"flow/{tap}"]).reshape(d[direct_tap].shape), d[direct_tap]) < 1e-4
+  weight = 1.5  # TSN's flow weight in the zoo's late fusion
+  assert relerr(np.asarray(z["logits"]) / weight, d["logits"]) < 1e-4

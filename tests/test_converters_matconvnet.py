@@ -218,7 +218,6 @@ def conv_nhwc(x, w, pad):
              for i in range(kh) for j in range(kw))
 
 
-@pytest.mark.slow  # building the zoo model takes ~15 s of CPU
 def test_twostreamfusion_dagnn_into_zoo_vgg16_fusion(tmp_path):
   """A DagNN file named as `cnn_ucf101_fusion.m` writes it (random weights,
   MatConvNet layouts) fills `vgg16_fusion`; taps checked by direct NumPy sums."""
