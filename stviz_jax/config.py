@@ -19,12 +19,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.layer = "fusion"              # tap to visualise.
   # Units: "all", "0-7", "1,4,9", or class names for the logits ("playing chess;yoga").
   c.units = "0-3"
+  # Several targets in one run: named {layer, units, kind[, a_hat]} entries, e.g.
+  # c.targets.mixed_4f = dict(layer="Mixed_4f", units="0-3", kind="channel");
+  # empty = the one target (layer, units, objective.kind).
+  c.targets = ml_collections.ConfigDict()
   c.seed = 0                      # unit u starts from fold_in(PRNGKey(seed), u).
   c.steps = 200                   # Adam steps per unit.
   c.chunk_size = 0                # units optimised together (vmapped); 0 = all.
   c.init_scale = 0.5              # initial noise: per-pixel RMS norm = init_scale * V.
   c.jitter = True                 # random spatial shift in [0, jitter_fraction * stride_l).
   c.redirect_relu_steps = 0       # steps with redirected ReLU gradients (0 = off).
+  c.compute_dtype = "float32"     # network forward/backward dtype: float32 | bfloat16.
 
   c.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=0.05,         # in units of the bound B (inputs are optimised as x / B).
