@@ -14,6 +14,8 @@ missing, unexpected and mismatched names.
 
 Tables:
 
+* `tsn_pytorch_bn_inception`: yjxiong/tsn-pytorch BN-Inception into a
+  `tsn_bn_inception` tower by name (`/` -> `_`), batch norm unfolded.
 * `torchvision_vgg16`: torchvision `vgg16` (`features.N`, `classifier.N`)
   into a `vgg16_two_stream` tower. Conv kernels `(O, I, kh, kw)` become
   `(kh, kw, I, O)`; `fc6` is `(4096, 512 * 7 * 7)` over the NCHW-flattened
@@ -230,19 +232,62 @@ def torchvision_vgg16(template: Mapping[str, tuple], tower: str = "rgb") -> list
   return rules
 
 
+def tsn_pytorch_bn_inception(template: Mapping[str, tuple], tower: str = "rgb") -> list[Rule]:
+  """yjxiong/tsn-pytorch BN-Inception (`base_model.*`, `new_fc`) -> a `tsn_bn_inception` tower.
+
+  tsn-pytorch builds BN-Inception from the Caffe model with every layer name's
+  '/' turned into '_' (`inception_3a/1x1_bn` -> `base_model.inception_3a_1x1_bn`)
+  and replaces `fc-action` by `new_fc`; it takes BGR input like the Caffe net,
+  so no channel is reordered. BatchNorm weight/bias/running_mean/running_var
+  become the unfolded zoo's scale/bias and batch_stats mean/var (the zoo folds
+  them when loading).
+  """
+  rules = []
+  prefix = f"params/{tower}/"
+  for key in template:
+    if not key.startswith(prefix):
+      continue
+    path, leaf = key[len(prefix):].rsplit("/", 1)
+    module = "new_fc" if path == "fc-action" else "base_model." + path.replace("/", "_")
+    if path == "fc-action":
+      rules.append(Rule(f"{module}.{'weight' if leaf == 'kernel' else 'bias'}", key,
+                        dense_kernel if leaf == "kernel" else (lambda w: w)))
+    elif leaf == "kernel":
+      rules.append(Rule(f"{module}.weight", key, conv_kernel))
+    elif leaf == "scale":
+      rules.append(Rule(f"{module}.weight", key))
+    elif leaf == "bias":
+      rules.append(Rule(f"{module}.bias", key))
+    else:
+      raise ValueError(f"unexpected target parameter {key}")
+  for key in template:
+    if key.startswith(f"batch_stats/{tower}/"):
+      path, leaf = key[len(f"batch_stats/{tower}/"):].rsplit("/", 1)
+      torch_leaf = {"mean": "running_mean", "var": "running_var"}[leaf]
+      rules.append(Rule(f"base_model.{path.replace('/', '_')}.{torch_leaf}", key))
+  return rules
+
+
 @dataclasses.dataclass(frozen=True)
 class Table:
-  """A named conversion: target zoo architecture, rule builder, ignored keys."""
+  """A named conversion: target zoo architecture, rule builder, ignored keys.
+
+  `unfolded`: the target is built with batch norm unfolded (`folded=False`),
+  so running statistics land in `batch_stats`; loading folds them.
+  """
 
   architecture: str
   rules: Callable[..., list[Rule]]
   ignore: str = r"$^"  # regex of source keys that carry no weights
   defaults: tuple[tuple[str, object], ...] = ()
+  unfolded: bool = False
 
 
 TABLES = {
     "torchvision_vgg16": Table("vgg16_two_stream", torchvision_vgg16,
                                defaults=(("num_classes", 1000),)),
+    "tsn_pytorch_bn_inception": Table("tsn_bn_inception", tsn_pytorch_bn_inception,
+                                      ignore=r"\.num_batches_tracked$", unfolded=True),
 }
 
 
@@ -291,8 +336,8 @@ def convert(path: str, table: str = "torchvision_vgg16", *, tower: str = "rgb",
     path: `.pth`/`.pt`/`.safetensors` file.
     table: a key of `TABLES`.
     tower: which zoo tower the weights fill (two-stream architectures).
-    target: an already built zoo model with these overrides (saves building
-      one with random weights, which is slow for big networks).
+    target: an already built zoo model with these overrides (and
+      `folded=False` for tables with `unfolded`), to skip building one.
     **overrides: zoo factory arguments (e.g. `num_classes`, `streams`, `width`).
 
   Returns:
@@ -305,12 +350,13 @@ def convert(path: str, table: str = "torchvision_vgg16", *, tower: str = "rgb",
     raise ValueError(f"unknown table {table!r}; available: {', '.join(TABLES)}")
   t = TABLES[table]
   kwargs = dict(t.defaults)
-  if t.architecture == "vgg16_two_stream":
+  if t.architecture in ("vgg16_two_stream", "tsn_bn_inception"):
     kwargs["streams"] = (tower,)
   kwargs.update(overrides)
+  build_kwargs = dict(kwargs, folded=False) if t.unfolded else kwargs
   state_dict = load_state_dict(path)  # a bad file fails before a big model is built
   if target is None:
-    target = registry.load(t.architecture, **kwargs)
+    target = registry.load(t.architecture, **build_kwargs)
   template = _template(target)
   rules = t.rules(template, tower=tower)
   variables = apply_rules(state_dict, rules, template, path, t.ignore)

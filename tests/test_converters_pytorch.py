@@ -189,3 +189,102 @@ def test_full_size_vgg16_loads_through_the_zoo(tmp_path):
   with torch.no_grad():
     ref = net(torch.from_numpy(x)).numpy()
   assert relerr(model({"rgb": np.moveaxis(x, 1, -1)[:, None]}), ref) < 1e-4
+
+
+def torch_from_prototxt(proto_path, width_div=16, classes=10):
+  """A torch net from a TSN Caffe prototxt the way tsn-pytorch builds BN-Inception:
+  modules named by Caffe layer name with '/' -> '_', ceil-mode pools, BN eps 1e-5,
+  `fc-action` replaced by `new_fc`. Channel counts divided by `width_div`."""
+  from converters import caffe
+  nn = torch.nn
+  net = caffe.parse_net(proto_path)
+  shape = {"data": net.inputs["data"][1]}
+  base, plan = nn.Module(), []
+  for layer in net.layers:
+    name, t = layer.name.replace("/", "_"), layer.type
+    x = layer.bottoms[0] if layer.bottoms else None
+    if t == "Convolution":
+      p = layer.param("convolution_param")
+      cout = int(p.get("num_output")) // width_div
+      mod = nn.Conv2d(shape[x], cout, int(p.get("kernel_size")), int(p.get("stride", 1)),
+                      int(p.get("pad", 0)))
+      shape[layer.tops[0]] = cout
+    elif t == "BN":
+      mod = nn.BatchNorm2d(shape[x], eps=1e-5)
+      shape[layer.tops[0]] = shape[x]
+    elif t == "ReLU":
+      mod = nn.ReLU()
+    elif t == "Pooling":
+      p = layer.param("pooling_param")
+      k, s, pad = int(p.get("kernel_size")), int(p.get("stride", 1)), int(p.get("pad", 0))
+      mod = (nn.MaxPool2d(k, s, pad, ceil_mode=True) if str(p.get("pool")) == "MAX"
+             else nn.AvgPool2d(k, s, pad, ceil_mode=True, count_include_pad=True))
+      shape[layer.tops[0]] = shape[x]
+    elif t == "Concat":
+      mod = None
+      shape[layer.tops[0]] = sum(shape[b] for b in layer.bottoms)
+    elif t == "Dropout":
+      mod = nn.Dropout(0.8)
+    elif t == "InnerProduct":
+      mod = nn.Linear(shape[x], classes)
+      name = "new_fc"
+    else:
+      raise ValueError(t)
+    if mod is not None and name != "new_fc":
+      base.add_module(name, mod)
+    plan.append((t, name, mod, layer.bottoms, layer.tops[0]))
+
+  class TSN(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.base_model = base
+      self.new_fc = next(m for t, n, m, *_ in plan if n == "new_fc")
+
+    def forward(self, x, taps=None):
+      blobs = {"data": x}
+      for t, name, mod, bottoms, top in plan:
+        if t == "Concat":
+          blobs[top] = torch.cat([blobs[b] for b in bottoms], 1)
+        elif t == "InnerProduct":
+          blobs[top] = mod(torch.flatten(blobs[bottoms[0]], 1))
+        else:
+          blobs[top] = mod(blobs[bottoms[0]])
+        if taps is not None:
+          taps[name] = blobs[top]
+      return blobs[top]
+
+  torch.manual_seed(0)
+  model = TSN().eval()
+  with torch.no_grad():  # trained-looking batch-norm statistics
+    for m in model.modules():
+      if isinstance(m, nn.BatchNorm2d):
+        m.weight.uniform_(0.5, 1.5), m.bias.normal_(0, 0.1)
+        m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 2)
+  return model
+
+
+def test_tsn_pytorch_bn_inception_matches_torch(fixtures_dir, tmp_path):
+  from stviz_jax.models import registry
+  proto = str(fixtures_dir / "tsn_bn_inception_caffe/ucf101/tsn_bn_inception_flow_deploy.prototxt")
+  net = torch_from_prototxt(proto)
+  path = str(tmp_path / "tsn_flow.pth")
+  torch.save({"state_dict": {"module." + k: v for k, v in net.state_dict().items()}}, path)
+  kw = dict(width=1 / 16, num_classes=10, streams=("flow",))
+  target = registry.load("tsn_bn_inception", folded=False, **kw)
+  model, _ = pytorch.convert(path, "tsn_pytorch_bn_inception", tower="flow", target=target, **kw)
+  x = np.random.RandomState(0).uniform(-20, 20, (2, 5, 224, 224, 2)).astype(np.float32)
+  stacked = np.moveaxis(x, 1, 3).reshape(2, 224, 224, 10)  # x1, y1, ..., x5, y5
+  taps = {}
+  with torch.no_grad():
+    ref = net(torch.from_numpy(np.moveaxis(stacked, -1, 1).copy()), taps).numpy()
+  acts = model.activations({"flow": x}, ["flow/inception_4b/double_3x3_2", "logits"])
+  r = np.moveaxis(taps["inception_4b_relu_double_3x3_2"].numpy(), 1, -1)
+  assert relerr(np.asarray(acts["flow/inception_4b/double_3x3_2"]).reshape(r.shape), r) < 1e-4
+  assert relerr(np.asarray(acts["logits"]) / 1.5, ref) < 1e-4  # the zoo weighs flow 1.5
+  # Saved, it loads through the zoo with batch norm folded.
+  pytorch.save(str(tmp_path / "w"), path, "tsn_pytorch_bn_inception", tower="flow",
+               target=target, **kw)
+  from stviz_jax.models import checkpoint
+  variables, meta = checkpoint.restore(str(tmp_path / "w"))
+  assert "batch_stats" in variables and meta["architecture"] == "tsn_bn_inception"
