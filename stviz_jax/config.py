@@ -50,5 +50,9 @@ def default_config() -> ml_collections.ConfigDict:
       memory_budget_gb=0.0,       # > 0: chunk_size (when 0) from XLA's memory analysis.
       resume=True,                # checkpoint finished chunks; a rerun continues.
       distributed=False,          # jax.distributed.initialize(): one process per host.
+      # Multi-host without cluster auto-detection (TPU, SLURM, Open MPI detect these).
+      coordinator_address="",     # "host0:1234"
+      num_processes=0,
+      process_id=-1,
   ))
   return c

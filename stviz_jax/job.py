@@ -116,7 +116,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writes under `workdir/host_<k>`.
   """
   if config.sweep.distributed:
-    jax.distributed.initialize()
+    sw = config.sweep
+    jax.distributed.initialize(
+        coordinator_address=sw.coordinator_address or None,
+        num_processes=sw.num_processes or None,
+        process_id=sw.process_id if sw.process_id >= 0 else None)
   if jax.process_count() > 1:
     workdir = os.path.join(workdir, f"host_{jax.process_index()}")
   os.makedirs(workdir, exist_ok=True)
