@@ -76,15 +76,32 @@ TOP_CLASSES = 10        # classes in the per-class bar chart (as in the paper).
 
 
 @dataclasses.dataclass
-class SettingRun:
-  """One `result.npz`: the units of one layer under one regularisation setting.
+class Part:
+  """One `result.npz` file and the units it holds."""
 
-  Inputs are not loaded (they can be large); `shapes` gives their per-unit
-  shapes and `load_inputs` reads one stream when media must be rendered.
+  path: str
+  units: np.ndarray
+
+  @property
+  def dir(self) -> str:
+    return os.path.dirname(self.path)
+
+  def load_inputs(self, stream: str) -> np.ndarray:
+    with np.load(self.path) as f:
+      return f[f"inputs_{stream}"]
+
+
+@dataclasses.dataclass
+class SettingRun:
+  """The units of one layer under one regularisation setting.
+
+  Usually one `result.npz`; a multi-host sweep (`host_<k>/...`) gives one file
+  per host, merged here into `parts`. Inputs are not loaded (they can be
+  large): `shapes` gives their per-unit shapes and `Part.load_inputs` reads one
+  stream when media must be rendered.
   """
 
   name: str
-  path: str
   layer: str
   units: np.ndarray
   activations: np.ndarray
@@ -94,11 +111,21 @@ class SettingRun:
   a_hat_given: bool
   config: dict | None
   shapes: dict[str, tuple[int, ...]]
-  _files: dict[int, list[str]] | None = dataclasses.field(default=None, repr=False)
+  parts: list[Part]
+  _where: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict, repr=False)
+  _files: dict[str, dict[int, list[str]]] = dataclasses.field(default_factory=dict,
+                                                               repr=False)
+
+  def __post_init__(self):
+    k = 0
+    for p, part in enumerate(self.parts):
+      for unit in part.units:
+        self._where.setdefault(int(unit), (p, k))
+        k += 1
 
   @property
-  def dir(self) -> str:
-    return os.path.dirname(self.path)
+  def mtime(self) -> float:
+    return max(os.path.getmtime(p.path) for p in self.parts)
 
   def label(self, plain: bool = False) -> str:
     """'κ=1, γ=10' for the flow (or only) stream's (kappa, gamma); else the name."""
@@ -109,28 +136,41 @@ class SettingRun:
     k, g = (f"{float(v):g}" for v in tv[:2])
     return f"kappa={k} gamma={g}" if plain else f"κ={k}, γ={g}"
 
-  def load_inputs(self, stream: str) -> np.ndarray:
-    with np.load(self.path) as f:
-      return f[f"inputs_{stream}"]
+  def index(self, unit: int) -> int | None:
+    """Position of `unit` in `units` / `activations` / `history` (None: not run)."""
+    hit = self._where.get(int(unit))
+    return None if hit is None else hit[1]
+
+  def part(self, unit: int) -> Part:
+    return self.parts[self._where[int(unit)][0]]
+
+  def unit_inputs(self, units: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
+    """{unit: {stream: (T, H, W, C)}}, reading each needed file once."""
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for part in self.parts:
+      rows = {int(u): i for i, u in enumerate(part.units)}
+      wanted = [u for u in units if u in rows and self.part(u) is part]
+      if wanted:
+        arrays = {s: part.load_inputs(s) for s in self.shapes}
+        for u in wanted:
+          out[u] = {s: a[rows[u]] for s, a in arrays.items()}
+    return out
 
   def unit_files(self, unit: int) -> list[str]:
-    """Files of `unit` beside the result (`unit_0003*`), listed once per run."""
-    if self._files is None:
-      self._files = {}
-      for name in sorted(os.listdir(self.dir)):
+    """Files of `unit` beside its result (`unit_0003*`), each folder listed once."""
+    d = self.part(unit).dir
+    if d not in self._files:
+      self._files[d] = {}
+      for name in sorted(os.listdir(d)):
         m = re.match(r"unit_(\d+)[_.]", name)
         if m:
-          self._files.setdefault(int(m.group(1)), []).append(name)
-    return self._files.get(int(unit), [])
-
-  def index(self, unit: int) -> int | None:
-    hits = np.flatnonzero(self.units == unit)
-    return int(hits[0]) if hits.size else None
+          self._files[d].setdefault(int(m.group(1)), []).append(name)
+    return self._files[d].get(int(unit), [])
 
 
 @dataclasses.dataclass
 class LayerRuns:
-  """All settings found for one layer directory of the work directory."""
+  """All settings found for one layer (`rel_dir`: its folder under gallery/)."""
 
   layer: str
   rel_dir: str
@@ -165,16 +205,43 @@ def read_run(path: str) -> SettingRun:
     with np.load(path) as f:
       meta = json.loads(str(f["meta"]))
       history = {k[8:]: f[k] for k in f.files if k.startswith("history_")}
-      units, acts = f["units"], f["activations"]
+      units, acts = np.asarray(f["units"]).astype(int), f["activations"]
   except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
     raise ValueError(f"{path}: not a readable stviz_jax result ({e})") from e
   return SettingRun(
-      name=os.path.basename(os.path.dirname(path)), path=path, layer=meta["layer"],
-      units=np.asarray(units).astype(int), activations=np.asarray(acts, np.float64),
-      history=history, seed=int(meta["seed"]),
+      name=os.path.basename(os.path.dirname(path)), layer=meta["layer"], units=units,
+      activations=np.asarray(acts, np.float64), history=history, seed=int(meta["seed"]),
       settings={k: tuple(v) for k, v in meta.get("settings", {}).items()},
       a_hat_given=bool(meta.get("a_hat_given", False)), config=meta.get("config"),
-      shapes={k[7:]: tuple(s[1:]) for k, s in shapes.items() if k.startswith("inputs_")})
+      shapes={k[7:]: tuple(s[1:]) for k, s in shapes.items() if k.startswith("inputs_")},
+      parts=[Part(path, units)])
+
+
+def _merge(runs: Sequence[SettingRun]) -> SettingRun:
+  """One setting from several files (hosts of a sweep); a repeated unit keeps its first."""
+  first = runs[0]
+  for r in runs[1:]:
+    if (r.settings, r.seed, r.shapes) != (first.settings, first.seed, first.shapes):
+      raise ValueError(
+          f"{r.parts[0].path} and {first.parts[0].path}: the same layer {r.layer!r} and "
+          f"setting {r.name!r} with different regularisation, seed or input shapes")
+  parts, seen = [], set()
+  keep_rows = []
+  for r in runs:
+    keep = np.array([int(u) not in seen for u in r.units], bool)
+    if not keep.all():
+      logging.warning("gallery: %s repeats units %s; showing the first copy",
+                      r.parts[0].path, r.units[~keep].tolist())
+    seen.update(int(u) for u in r.units)
+    parts.append(Part(r.parts[0].path, r.units[keep]))
+    keep_rows.append(keep)
+  cat = lambda xs: np.concatenate([x[k] for x, k in zip(xs, keep_rows)])
+  history = {k: cat([r.history[k] for r in runs]) for k in first.history
+             if all(k in r.history for r in runs)}
+  return dataclasses.replace(
+      first, units=cat([r.units for r in runs]),
+      activations=cat([r.activations for r in runs]), history=history, parts=parts,
+      _where={}, _files={})
 
 
 def _setting_order(run: SettingRun):
@@ -183,29 +250,32 @@ def _setting_order(run: SettingRun):
 
 
 def discover(workdir: str) -> list[LayerRuns]:
-  """Finds every `<layer>/<setting>/result.npz` under `workdir`, by layer."""
+  """Finds every `<layer>/<setting>/result.npz` under `workdir`, by layer.
+
+  Files of the same layer and setting in different folders (the hosts of a
+  multi-host sweep, `host_<k>/<layer>/<setting>/result.npz`) are merged.
+  """
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"workdir {workdir!r} does not exist")
-  groups: dict[str, list[SettingRun]] = {}
+  found: dict[str, dict[str, list[SettingRun]]] = {}
   for root, dirs, files in os.walk(workdir):
     dirs[:] = sorted(d for d in dirs if not d.startswith(".") and
                      os.path.join(root, d) != os.path.join(workdir, GALLERY_DIR))
     if RESULT_FILE in files:
       run = read_run(os.path.join(root, RESULT_FILE))
-      rel = os.path.relpath(os.path.dirname(root), workdir)
-      groups.setdefault(rel, []).append(run)
-  layers = []
-  for rel, runs in sorted(groups.items()):
-    runs.sort(key=_setting_order)
-    names = {r.layer for r in runs}
-    if len(names) > 1:
-      raise ValueError(f"{os.path.join(workdir, rel)}: settings of different layers "
-                       f"{sorted(names)} in one directory")
+      found.setdefault(run.layer, {}).setdefault(run.name, []).append(run)
+  layers, used = [], set()
+  for layer, by_setting in sorted(found.items()):
+    runs = sorted((_merge(r) for r in by_setting.values()), key=_setting_order)
     streams = {tuple(sorted(r.shapes)) for r in runs}
     if len(streams) > 1:
-      raise ValueError(f"{os.path.join(workdir, rel)}: settings have different "
+      raise ValueError(f"layer {layer!r} in {workdir}: settings have different "
                        f"streams {sorted(streams)}")
-    layers.append(LayerRuns(runs[0].layer, rel, runs))
+    rel = re.sub(r"[^A-Za-z0-9_.-]", "_", layer)
+    while rel in used:
+      rel += "_"
+    used.add(rel)
+    layers.append(LayerRuns(layer, rel, runs))
   return layers
 
 
@@ -337,36 +407,47 @@ def ensure_media(layer: LayerRuns, encodings: Sequence[str] = ("rgb",),
   """
   tasks = []
   for run in layer.runs:
-    src_mtime = os.path.getmtime(run.path)
-    inputs: dict[str, np.ndarray] = {}
-
-    def stream_inputs(stream, run=run, inputs=inputs):
-      if stream not in inputs:
-        inputs[stream] = run.load_inputs(stream)
-      return inputs[stream]
-
-    for i, unit in enumerate(run.units):
-      stem = os.path.join(run.dir, f"unit_{int(unit):04d}")
-      for view, stream, enc in views_of(layer, encodings):
-        clip = run.shapes[stream][0] > 1
-        wanted = [f for f in formats if clip or f == "png"]
-        missing = [f for f in wanted if _stale(f"{stem}_{view}.{f}", src_mtime)]
-        if missing:
-          tasks.append(functools.partial(
-              render.save_stream_media, f"{stem}_{view}", stream,
-              stream_inputs(stream)[i], missing, encoding=enc, fps=fps,
-              target_size=DISPLAY_SIZE))
-      if not os.path.exists(stem + ".npz"):
-        arrays = {f"inputs_{s}": stream_inputs(s)[i] for s in run.shapes}
-        arrays.update(activation=np.float32(run.activations[i]), unit=np.int32(unit),
-                      seed=np.int32(run.seed),
-                      config=np.asarray(json.dumps(run.config or {})))
-        tasks.append(functools.partial(_save_npz, stem + ".npz", arrays))
+    for part in run.parts:
+      tasks += _part_tasks(layer, run, part, encodings, formats, fps)
   if not tasks:
     return 0
   workers = workers or min(8, os.cpu_count() or 1)
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     return sum(len(w) for w in pool.map(lambda task: task(), tasks))
+
+
+def _part_tasks(layer: LayerRuns, run: SettingRun, part: Part,
+                encodings: Sequence[str], formats: Sequence[str], fps: float) -> list:
+  """The renders one result file still needs, as callables."""
+  src_mtime = os.path.getmtime(part.path)
+  inputs: dict[str, np.ndarray] = {}
+
+  def stream_inputs(stream):
+    if stream not in inputs:
+      inputs[stream] = part.load_inputs(stream)
+    return inputs[stream]
+
+  tasks = []
+  with np.load(part.path) as f:
+    rows = {int(u): i for i, u in enumerate(f["units"])}
+  for unit in part.units:
+    i, unit = rows[int(unit)], int(unit)
+    stem = os.path.join(part.dir, f"unit_{unit:04d}")
+    for view, stream, enc in views_of(layer, encodings):
+      clip = run.shapes[stream][0] > 1
+      wanted = [f for f in formats if clip or f == "png"]
+      missing = [f for f in wanted if _stale(f"{stem}_{view}.{f}", src_mtime)]
+      if missing:
+        tasks.append(functools.partial(
+            render.save_stream_media, f"{stem}_{view}", stream, stream_inputs(stream)[i],
+            missing, encoding=enc, fps=fps, target_size=DISPLAY_SIZE))
+    if not os.path.exists(stem + ".npz"):
+      arrays = {f"inputs_{s}": stream_inputs(s)[i] for s in run.shapes}
+      arrays.update(activation=np.float32(run.activations[run.index(unit)]),
+                    unit=np.int32(unit), seed=np.int32(run.seed),
+                    config=np.asarray(json.dumps(run.config or {})))
+      tasks.append(functools.partial(_save_npz, stem + ".npz", arrays))
+  return tasks
 
 
 def _save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
@@ -387,9 +468,8 @@ def _layer_figure(layer: LayerRuns, out_stem: str, encodings: Sequence[str],
   mean_act = {u: np.mean([r.activations[r.index(u)] for r in layer.runs]) for u in common}
   units = sorted(sorted(common), key=lambda u: -mean_act[u])[:max_units]
   units.sort()
-  inputs = {r.name: {s: r.load_inputs(s) for s in r.shapes} for r in layer.runs}
-  cells = [[{s: inputs[r.name][s][r.index(u)] for s in r.shapes} for r in layer.runs]
-           for u in units]
+  inputs = {r.name: r.unit_inputs(units) for r in layer.runs}
+  cells = [[inputs[r.name][u] for r in layer.runs] for u in units]
   meta = {"layer": layer.layer, "units": units, "settings": [r.name for r in layer.runs],
           "seed": layer.runs[0].seed}
   return render.save_figure(out_stem, cells, [f"unit {u}" for u in units],
@@ -398,7 +478,7 @@ def _layer_figure(layer: LayerRuns, out_stem: str, encodings: Sequence[str],
 
 
 def _plots(layer: LayerRuns, out_dir: str, stats: LayerStats | None) -> None:
-  mtime = max(os.path.getmtime(r.path) for r in layer.runs)
+  mtime = max(r.mtime for r in layer.runs)
   units = layer.units
   path = os.path.join(out_dir, "layer_activations.png")
   if _stale(path, mtime):
@@ -598,7 +678,8 @@ def _media(page_dir: str, layer: LayerRuns, run: SettingRun, unit: int,
            view: str, stream: str, templated: bool) -> str:
   """An <img> (still input) or a lazily loaded looping <video> (clip)."""
   setting = "{setting}" if templated else run.name
-  stem = os.path.join(os.path.dirname(run.dir), "SETTING", f"unit_{unit:04d}_{view}")
+  stem = os.path.join(os.path.dirname(run.part(unit).dir), "SETTING",
+                      f"unit_{unit:04d}_{view}")
   stem_url = _url(page_dir, stem).replace("SETTING", setting)
   w, h = _media_size(run, stream)
   title = f"unit {unit} {view}"
@@ -639,7 +720,8 @@ def _layer_page(workdir: str, layer: LayerRuns, page_dir: str, encodings: Sequen
   for u in layer.units:
     acts = {r.name: float(r.activations[r.index(u)]) for r in layer.runs
             if r.index(u) is not None}
-    media = "".join(_media(page_dir, layer, ref, u, v, s, templated=True)
+    holder = next(r for r in layer.runs if r.index(u) is not None)
+    media = "".join(_media(page_dir, layer, holder, u, v, s, templated=True)
                     for v, s, _ in views)
     extra = ""
     if stats is not None and stats.per_class_max is not None and u < len(stats.per_class_max):
@@ -755,10 +837,11 @@ def _unit_page(workdir: str, layer: LayerRuns, page_dir: str, unit: int,
     cells = "".join(f"<td>{_media(page_dir, layer, r, unit, v, s, templated=False)}</td>"
                     for v, s, _ in views)
     rows.append(f"<tr><th>{_e(r.label())}</th>{cells}<td>{float(r.activations[i]):.4g}</td></tr>")
-    files = r.unit_files(unit)
+    part = r.part(unit)
     downloads.append(f"<li>{_e(r.label())}: " + ", ".join(
-        f'<a href="{_url(page_dir, os.path.join(r.dir, f))}">{_e(f)}</a>' for f in files)
-                     + f' (all units: <a href="{_url(page_dir, r.path)}">{RESULT_FILE}</a>)</li>')
+        f'<a href="{_url(page_dir, os.path.join(part.dir, f))}">{_e(f)}</a>'
+        for f in r.unit_files(unit))
+                     + f' (all units: <a href="{_url(page_dir, part.path)}">{RESULT_FILE}</a>)</li>')
     configs.append({"setting": r.name, "seed": r.seed, "regularisation (kappa, gamma)":
                     {k: list(v) for k, v in r.settings.items()},
                     "a_hat_given": r.a_hat_given})
@@ -872,7 +955,7 @@ def build(workdir: str, stats: str | None = None, encodings: Sequence[str] = ("r
     stats_layer = all_stats.get(layer.layer)
     _plots(layer, page_dir, stats_layer)
     fig_stem = os.path.join(page_dir, "figure")
-    mtime = max(os.path.getmtime(r.path) for r in layer.runs)
+    mtime = max(r.mtime for r in layer.runs)
     if _stale(fig_stem + ".npz", mtime):
       figures[layer.rel_dir] = _layer_figure(layer, fig_stem, encodings, figure_units)
     else:

@@ -55,8 +55,9 @@ def unit_history(path: str, histories: Mapping[str, Mapping[str, np.ndarray]],
     ax.set_xlabel("step")
     ax.set_ylabel(name)
     ax.grid(alpha=0.3)
-  if len(histories) > 1:
-    axes[1].legend(fontsize=7, loc="best")
+  labelled = [ax for ax in axes if ax.lines]
+  if len(histories) > 1 and labelled:
+    labelled[-1].legend(fontsize=7, loc="best")
   if title:
     fig.suptitle(title, fontsize=9)
   # Fixed margins: tight_layout costs a second draw, and this plot is made per unit.

@@ -84,15 +84,10 @@ def _local(page, ref):
   return os.path.normpath(os.path.join(os.path.dirname(page), unquote(ref)))
 
 
-def test_job_writes_gallery_and_every_link_resolves(run_dir):
-  pages = _pages(run_dir)
-  names = {os.path.relpath(p, run_dir) for p in pages}
-  assert names == {"index.html", "gallery/fusion/index.html",
-                   "gallery/fusion/unit_0000.html", "gallery/fusion/unit_0001.html",
-                   "gallery/fusion/unit_0002.html"}
-  settings = ["kappa1_gamma0", "kappa1_gamma10"]
+def _check_links(workdir, settings):
+  """Every src/href of every page, and every video source, is a local file."""
   checked = 0
-  for page in pages:
+  for page in _pages(workdir):
     p = _parse(page)
     for ref in p.refs:
       assert "://" not in ref, (page, ref)           # offline: no server, no network
@@ -105,7 +100,46 @@ def test_job_writes_gallery_and_every_link_resolves(run_dir):
           target = _local(page, stem.replace("{setting}", s or "") + "." + e)
           assert os.path.isfile(target), (page, target)
           checked += 1
-  assert checked > 50
+  return checked
+
+
+def test_job_writes_gallery_and_every_link_resolves(run_dir):
+  names = {os.path.relpath(p, run_dir) for p in _pages(run_dir)}
+  assert names == {"index.html", "gallery/fusion/index.html",
+                   "gallery/fusion/unit_0000.html", "gallery/fusion/unit_0001.html",
+                   "gallery/fusion/unit_0002.html"}
+  assert _check_links(run_dir, ["kappa1_gamma0", "kappa1_gamma10"]) > 50
+
+
+def test_hosts_of_a_sweep_merge_into_one_layer(tmp_path):
+  """host_<k>/<layer>/<setting>/result.npz of a multi-host sweep: one page per layer."""
+  rng = np.random.default_rng(0)
+  for host, units in enumerate([[0, 2, 4], [1, 3]]):
+    for g in (0.0, 10.0):
+      n = len(units)
+      Result(layer="flow/conv1", units=np.array(units),
+             inputs={"rgb": rng.normal(size=(n, 1, 6, 6, 3)),
+                     "flow": rng.normal(size=(n, 2, 6, 6, 2))},
+             activations=np.array(units) / 10 + g,
+             history={"objective": rng.normal(size=(n, 3))}, a_hat_given=False, seed=0,
+             settings={"flow": (1.0, g)}).save(
+                 str(tmp_path / f"host_{host}" / "flow_conv1" / f"kappa1_gamma{g:g}" /
+                     "result.npz"))
+  (layer,) = gallery.discover(str(tmp_path))
+  assert (layer.layer, layer.rel_dir, layer.units) == ("flow/conv1", "flow_conv1",
+                                                       [0, 1, 2, 3, 4])
+  for run, g in zip(layer.runs, (0.0, 10.0)):
+    assert [run.activations[run.index(u)] for u in range(5)] == pytest.approx(
+        [u / 10 + g for u in range(5)])
+  gallery.build(str(tmp_path), formats=("png", "webm", "mp4", "gif"))
+  _check_links(str(tmp_path), ["kappa1_gamma0", "kappa1_gamma10"])
+  p = _parse(str(tmp_path / "gallery" / "flow_conv1" / "index.html"))
+  tiles = [a["data-unit"] for t, a in p.tags if t == "div" and a.get("class") == "tile"]
+  assert tiles == ["0", "1", "2", "3", "4"]
+  with open(tmp_path / "gallery" / "flow_conv1" / "index.html") as f:
+    text = f.read()
+  assert "host_1/flow_conv1/{setting}/unit_0003_flow" in text
+  assert "host_0/flow_conv1/{setting}/unit_0004_flow" in text
 
 
 def test_layer_page_tiles_and_setting_switch(run_dir):
