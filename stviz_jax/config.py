@@ -40,7 +40,25 @@ def default_config() -> ml_collections.ConfigDict:
   c.objective = ml_collections.ConfigDict(dict(
       kind="channel",             # channel | neuron | class_logit.
       a_hat=1.0,                  # max activation on validation data; 1 = none given.
+      # Beyond the paper (stviz_jax.objective); kind may also be direction |
+      # channel_interaction | class_contrast.
+      location=(),                # neuron: (t, y, x) in the layer; () = the centre.
+      direction=(),               # direction: weights over the layer's channels.
+      other=-1,                   # channel_interaction / class_contrast: the unit (class B) subtracted.
+      other_weight=1.0,           # ... times this weight.
+      diversity=0.0,              # Visualizer.run_diverse: weight w of the diversity term.
+      diversity_layer="",         # its layer ("" = the visualised one).
+      a_hat_from="",              # stats.npz of `python -m stviz_jax.stats`: per-unit a_hat.
   ))
+  # What is optimised (stviz_jax.param): kind pixel (the paper) | fourier (1/f^decay
+  # spectrum over t, y, x) | maco (phase only); colour none | imagenet | data
+  # (decorrelated RGB; 'data' from the 3x3 colour_covariance).
+  c.param = ml_collections.ConfigDict(dict(
+      kind="pixel", decay=1.0, colour="none", colour_covariance=()))
+  # Per-step transforms (stviz_jax.transforms.parse), same draw for every stream:
+  # e.g. "pad(4), jitter(8), scale(0.9,1.1), rotate(10), time_jitter(1), jitter";
+  # a bare "jitter" is the paper's (jitter_fraction * stride_l, off when c.jitter is False).
+  c.transforms = "jitter"
   # Paper: B = 160, alpha = 3, V = B / 6.5 (8-bit pixel units); flow TV x10.
   c.regularizer = regularizers.paper_preset()
   # Temporal regularisation settings of the flow stream to run (kappa fixed),

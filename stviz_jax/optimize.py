@@ -10,6 +10,16 @@ learning rate is unitless and the bound is ||z(i,j,k,:)|| <= 1). Each step:
      learning rate;
   4. project every pixel back onto the B-ball.
 
+Beyond the paper, `config.param` chooses what is optimised (`stviz_jax.param`:
+z = to_pixels(theta), e.g. a 3-D 1/f Fourier spectrum, decorrelated colour or
+MACO's phase) and `config.transforms` the per-step transforms
+(`stviz_jax.transforms`; step 1 is its default "jitter"). The bound stays a
+pixel-space constraint for every parameterisation: step 4 is
+`Param.project`, the pixels' projection mapped back to theta (MACO clips
+inside `to_pixels`). The defaults are the paper's, bit for bit.
+`Visualizer.run_diverse` optimises K samples of one unit together with
+Lucid's Gram-matrix diversity term coupling them.
+
 Steps run in `lax.scan`, units in `jax.vmap`; one compiled function serves
 every chunk of a sweep (units and kappa/gamma are traced arguments).
 """
@@ -17,6 +27,7 @@ every chunk of a sweep (units and kappa/gamma are traced arguments).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import tempfile
@@ -31,8 +42,10 @@ import numpy as np
 import optax
 
 from stviz_jax import objective as objective_lib
+from stviz_jax import param as param_lib
 from stviz_jax import regularizers
-from stviz_jax.models import Model, layers as layers_lib
+from stviz_jax import transforms as transforms_lib
+from stviz_jax.models import LOGITS, Model, layers as layers_lib
 
 
 @dataclasses.dataclass
@@ -110,16 +123,55 @@ def _schedule(opt: ml_collections.ConfigDict, steps: int):
 
 def build_target(model: Model, layer: str,
                  cfg: ml_collections.ConfigDict) -> objective_lib.Objective:
-  """The activation term named by `cfg.kind` for `layer`."""
+  """The activation term named by `cfg.kind` for `layer`.
+
+  a_hat is `cfg.a_hat`, or per unit from the statistics file `cfg.a_hat_from`
+  (`stviz_jax.stats.load_a_hat`; the class logits are the layer 'logits').
+  """
   kind = cfg.kind
+  a_hat = cfg.a_hat
+  if cfg.get("a_hat_from"):
+    from stviz_jax import stats  # pylint: disable=import-outside-toplevel
+    a_hat = stats.load_a_hat(cfg.a_hat_from, layer, model.spec.num_units(layer))
+  if kind in _MORE_KINDS or (kind == "neuron" and cfg.get("location")):
+    return _more_targets(model, layer, cfg, a_hat)
   if kind == "channel":
     rho, _ = model.spec.receptive_field(layer)
-    return objective_lib.channel(layer, rho=rho, a_hat=cfg.a_hat)
+    return objective_lib.channel(layer, rho=rho, a_hat=a_hat)
   if kind == "neuron":
-    return objective_lib.neuron(layer, a_hat=cfg.a_hat)
+    return objective_lib.neuron(layer, a_hat=a_hat)
   if kind == "class_logit":
-    return objective_lib.class_logit(a_hat=cfg.a_hat)
-  raise ValueError(f"unknown objective.kind {kind!r}; valid: channel, neuron, class_logit")
+    return objective_lib.class_logit(a_hat=a_hat)
+  raise ValueError(f"unknown objective.kind {kind!r}; valid: channel, neuron, class_logit, "
+                   f"{', '.join(_MORE_KINDS)}")
+
+
+_MORE_KINDS = ("direction", "channel_interaction", "class_contrast")
+
+
+def _more_targets(model: Model, layer: str, cfg: ml_collections.ConfigDict,
+                  a_hat) -> objective_lib.Objective:
+  """Lucid-style targets (`objective.direction`, ...) and `neuron` at `cfg.location`."""
+  kind = cfg.kind
+  rho, _ = model.spec.receptive_field(layer)
+  if kind == "neuron":
+    return objective_lib.neuron(layer, tuple(cfg.location), a_hat=a_hat)
+  if kind == "direction":
+    if not len(cfg.get("direction", ()) or ()):
+      raise ValueError("objective.kind 'direction' needs objective.direction (a vector "
+                       f"of {model.spec.num_units(layer)} channel weights of layer {layer!r})")
+    return objective_lib.direction(layer, cfg.direction, rho=rho, a_hat=a_hat)
+  other = cfg.get("other", -1)
+  if other < 0:
+    raise ValueError(f"objective.kind {kind!r} needs objective.other (the unit or class "
+                     f"of {layer!r} to suppress)")
+  model.spec.check_units(layer, [other])
+  if kind == "channel_interaction":
+    return objective_lib.channel_interaction(layer, other, cfg.get("other_weight", 1.0),
+                                             rho=rho, a_hat=a_hat)
+  if layer != LOGITS:
+    raise ValueError(f"objective.kind 'class_contrast' needs layer {LOGITS!r}, got {layer!r}")
+  return objective_lib.class_contrast(other, cfg.get("other_weight", 1.0), a_hat=a_hat)
 
 
 def with_compute_dtype(apply, dtype: str):
@@ -163,6 +215,16 @@ class Visualizer:
     _, stride = model.spec.receptive_field(layer)
     frac = config.regularizer.jitter_fraction
     self.jitter = max(1, int(round(stride * frac))) if config.jitter else 1
+    # The canvas is larger than the input by what the transforms crop away, so
+    # their last output is the model's size ("jitter" alone: H + J - 1).
+    self.transform = transforms_lib.parse(config.get("transforms", "jitter"), self.jitter)
+    self.margin = max(0, self.transform.margin)
+    self.params = {
+        s: param_lib.build(config.get("param", None) or {}, s,
+                           (spec.frames, spec.height + self.margin, spec.width + self.margin,
+                            spec.channels),
+                           config.init_scale * self.weights[s].v / self.weights[s].bound)
+        for s, spec in self.streams.items()}
     self.terms = objective_lib.regularized(
         with_compute_dtype(model.apply, config.get("compute_dtype", "float32")),
         self.target, self.weights)
@@ -174,25 +236,37 @@ class Visualizer:
 
   # --- the traced computation -------------------------------------------------
 
-  def _init(self, key) -> dict[str, jax.Array]:
-    """Mahendran & Vedaldi: Gaussian noise rescaled to a fixed norm (here RMS per pixel = V)."""
+  def _init(self, key) -> dict[str, Any]:
+    """Mahendran & Vedaldi: Gaussian noise rescaled to a fixed norm (here RMS per pixel = V).
+
+    Returns theta per stream; for pixels theta = z, for other
+    parameterisations noise whose pixels have the same RMS.
+    """
     z = {}
-    pad = self.jitter - 1
-    for i, (s, spec) in enumerate(sorted(self.streams.items())):
-      shape = (spec.frames, spec.height + pad, spec.width + pad, spec.channels)
-      g = jax.random.normal(jax.random.fold_in(key, i), shape)
-      rms = jnp.sqrt(jnp.mean(jnp.sum(g * g, axis=-1)))
+    for i, (s, _) in enumerate(sorted(self.streams.items())):
       w = self.weights[s]
-      z[s] = g / rms * (self.config.init_scale * w.v / w.bound)
+      z[s] = self.params[s].init(jax.random.fold_in(key, i),
+                                 self.config.init_scale * w.v / w.bound)
     return z
 
-  def _crop(self, z, dy, dx):
-    out = {}
-    for s, spec in self.streams.items():
-      x = z[s] * self.weights[s].bound
-      out[s] = jax.lax.dynamic_slice(
-          x, (0, dy, dx, 0), (spec.frames, spec.height, spec.width, spec.channels))
-    return out
+  def _canvas(self, z) -> dict[str, jax.Array]:
+    """x = B * to_pixels(theta) on the whole canvas, in model input units."""
+    return {s: self.params[s].to_pixels(z[s]) * self.weights[s].bound for s in self.streams}
+
+  def _fit(self, x) -> dict[str, jax.Array]:
+    spec = next(iter(self.streams.values()))
+    return transforms_lib.center_crop(x, spec.height, spec.width)
+
+  def _transformed(self, z, key) -> dict[str, jax.Array]:
+    """The per-step input: the transforms (keyed by `key`) of the canvas."""
+    return self._fit(self.transform(key, self._canvas(z)))
+
+  def _project(self, z):
+    return {s: self.params[s].project(v) for s, v in z.items()}
+
+  def _final(self, z) -> dict[str, jax.Array]:
+    """The result: the centre of the canvas, no transform."""
+    return self._fit(self._canvas(z))
 
   def _single(self, variables, unit, key, tv):
     cfg = self.config
@@ -204,8 +278,8 @@ class Visualizer:
     opt_state = tx.init(z)
     redirect_steps = cfg.redirect_relu_steps
 
-    def loss(z, dy, dx, step):
-      x = self._crop(z, dy, dx)
+    def loss(z, key, step):
+      x = self._transformed(z, key)
       if redirect_steps > 0:
         with layers_lib.redirected_relu(step < redirect_steps):
           t = self.terms(variables, x, unit, tv)
@@ -215,17 +289,15 @@ class Visualizer:
 
     def step_fn(carry, step):
       z, opt_state = carry
-      dy, dx = jax.random.randint(jax.random.fold_in(k_jit, step), (2,), 0, self.jitter)
-      grads, t = jax.grad(loss, has_aux=True)(z, dy, dx, step)
+      grads, t = jax.grad(loss, has_aux=True)(z, jax.random.fold_in(k_jit, step), step)
       updates, opt_state = tx.update(grads, opt_state, z)
       z = optax.apply_updates(z, updates)
-      z = jax.tree.map(lambda v: regularizers.project_to_ball(v, 1.0), z)
+      z = self._project(z)
       return (z, opt_state), (t["objective"], t["activation"])
 
     (z, _), (obj_hist, act_hist) = jax.lax.scan(step_fn, (z, opt_state),
                                                 jnp.arange(steps))
-    c = (self.jitter - 1) // 2
-    x = self._crop(z, c, c)
+    x = self._final(z)
     final = self.terms(variables, x, unit, tv)
     return x, final["activation"], {"objective": obj_hist, "activation": act_hist}
 
@@ -297,8 +369,100 @@ class Visualizer:
     x, act, hist = jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
     return Result(layer=self.layer, units=units, inputs=dict(x),
                   activations=np.asarray(act), history=dict(hist),
-                  a_hat_given=self.config.objective.a_hat not in (None, 1.0),
+                  a_hat_given=a_hat_given(self.config),
                   seed=seed, settings=settings)
+
+
+def a_hat_given(config: ml_collections.ConfigDict) -> bool:
+  """Whether a_hat comes from data (a statistics file or a value other than 1)."""
+  return bool(config.objective.get("a_hat_from")) or config.objective.a_hat not in (None, 1.0)
+
+
+def _diverse_samples(vis: "Visualizer", variables, unit, keys, tv, weight):
+  """K samples of one unit optimised jointly: sum_k E(x_k) + weight * diversity."""
+  cfg = vis.config
+  steps = cfg.steps
+  tx = optax.adam(_schedule(cfg.optimizer, steps), b1=cfg.optimizer.b1, b2=cfg.optimizer.b2)
+  k_init, k_jit = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
+  z = jax.vmap(vis._init)(k_init)
+  opt_state = tx.init(z)  # Adam is elementwise: the same as K separate optimisers.
+  layer = cfg.objective.get("diversity_layer", "") or vis.layer
+  target = vis.target + weight * objective_lib.diversity(layer)
+  terms = objective_lib.regularized_batch(vis.model.apply, target, vis.weights)
+  redirect_steps = cfg.redirect_relu_steps
+
+  def loss(z, step):
+    x = jax.vmap(lambda zk, kk: vis._transformed(zk, jax.random.fold_in(kk, step)))(z, k_jit)
+    if redirect_steps > 0:
+      with layers_lib.redirected_relu(step < redirect_steps):
+        t = terms(variables, x, unit, tv)
+    else:
+      t = terms(variables, x, unit, tv)
+    return -t["objective"], t
+
+  def step_fn(carry, step):
+    z, opt_state = carry
+    grads, t = jax.grad(loss, has_aux=True)(z, step)
+    updates, opt_state = tx.update(grads, opt_state, z)
+    z = jax.vmap(vis._project)(optax.apply_updates(z, updates))
+    return (z, opt_state), (t["objective"], t["activation"])
+
+  (z, _), (obj_hist, act_hist) = jax.lax.scan(step_fn, (z, opt_state), jnp.arange(steps))
+  x = jax.vmap(vis._final)(z)
+  act = jax.vmap(lambda xk: vis.terms(variables, xk, unit, tv)["activation"])(x)
+  return x, act, {"objective": obj_hist, "activation": act_hist}
+
+
+def run_diverse(vis: "Visualizer", unit: int, samples: int, seed: int = 0,
+                weight: float | None = None,
+                tv: Mapping[str, tuple[float, float]] | None = None) -> Result:
+  """K = `samples` visualisations of one unit, pushed apart by a diversity term.
+
+  Diversity couples samples, so it cannot live inside the per-unit vmap of
+  `Visualizer.run` (each unit's optimisation is independent there). Here the
+  K samples of one unit form the batch instead: the network sees all K at
+  once and the maximised quantity is
+
+      sum_k [target(x_k) - penalties(x_k)] + w * diversity(G_1..G_K),
+
+  with `objective.diversity` (Lucid's Gram-matrix dissimilarity) of the
+  layer `config.objective.diversity_layer` (default: the visualised one).
+  Each sample keeps its own noise, transforms and Adam moments; w = 0 gives
+  K independent runs.
+
+  Args:
+    vis: a `Visualizer` (its parameterisation, transforms and target are used).
+    unit: the unit.
+    samples: K >= 2.
+    seed: sample k starts from fold_in(fold_in(PRNGKey(seed), unit), k).
+    weight: w; None = `config.objective.diversity`.
+    tv: optional `{stream: (kappa, gamma)}`.
+
+  Returns:
+    A `Result` with K rows, all for `unit` (`activations`: each sample's target).
+  """
+  if samples < 2:
+    raise ValueError(f"run_diverse needs samples >= 2, got {samples}")
+  vis.model.spec.check_units(vis.layer, [unit])
+  settings = vis.settings(tv)
+  if weight is None:
+    weight = vis.config.objective.get("diversity", 0.0)
+  base = jax.random.fold_in(jax.random.PRNGKey(seed), unit)
+  keys = jax.vmap(lambda k: jax.random.fold_in(base, k))(jnp.arange(samples))
+  tv_arr = {s: tuple(jnp.float32(v) for v in settings[s]) for s in vis.streams}
+  if not hasattr(vis, "_diverse_jit"):
+    vis._diverse_jit = jax.jit(functools.partial(_diverse_samples, vis))
+  x, act, hist = jax.device_get(vis._diverse_jit(
+      vis.model.variables, jnp.int32(unit), keys, tv_arr, jnp.float32(weight)))
+  obj = np.asarray(hist["objective"])[None]
+  _check_finite(obj, np.array([unit]), 0)
+  return Result(layer=vis.layer, units=np.full(samples, unit, np.int32),
+                inputs={k: np.asarray(v) for k, v in x.items()},
+                activations=np.asarray(act),
+                history={k: np.broadcast_to(np.asarray(v), (samples, vis.config.steps)).copy()
+                         for k, v in hist.items()},
+                a_hat_given=vis.config.objective.a_hat not in (None, 1.0),
+                seed=seed, settings=settings)
 
 
 def _check_finite(obj_hist: np.ndarray, units: np.ndarray, offset: int) -> None:

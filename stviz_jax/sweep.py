@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from stviz_jax.optimize import Result, Visualizer
+from stviz_jax.optimize import Result, Visualizer, a_hat_given
 
 _FALLBACK_CHUNK = 32
 
@@ -199,5 +199,5 @@ def run_sweep(vis: Visualizer, units: Sequence[int],
     results.append(Result(
         layer=vis.layer, units=units, inputs={m: v[sl] for m, v in inputs.items()},
         activations=np.asarray(act[sl]), history={m: v[sl] for m, v in hist.items()},
-        a_hat_given=config.objective.a_hat not in (None, 1.0), seed=seed, settings=s))
+        a_hat_given=a_hat_given(config), seed=seed, settings=s))
   return results
