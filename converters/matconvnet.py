@@ -16,6 +16,11 @@ kept exactly:
   already includes epsilon), folded into the convolution before it;
 * labels are 1-based in the data files; class `k` is logit `k - 1`.
 
+`to_zoo(path, architecture)` fills the zoo models of the MatConvNet releases
+the paper studies by DagNN layer name: `feichtenhofer/twostreamfusion` into
+`vgg16_fusion` and `feichtenhofer/st-resnet` into `st_resnet50` (command line:
+`--architecture`).
+
 Fully connected layers are convolutions whose kernel covers the whole input,
 so there is no flatten-order question. `load(path) -> Model` taps every layer
 by its name (and, for DagNN, every variable by its name); the logits are the
@@ -617,109 +622,145 @@ _VGG16_CONVS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2"
                 "conv5_3")
 
 
-def _fc_as_dense(w):
-  """A MatConvNet fully connected filter `kh x kw x Cin x Cout` -> Dense `(kh*kw*Cin, Cout)`
-  over the input flattened in (H, W, C) order (C-order reshape of the filter)."""
-  w = np.asarray(w, np.float32)
-  w = w.reshape(w.shape + (1,) * (4 - w.ndim))
-  return w.reshape(-1, w.shape[-1])
+def _to_target(w, shape: tuple[int, ...], where: str) -> np.ndarray:
+  """A MatConvNet filter into the zoo kernel layout of shape `shape`.
 
-
-def _conv3d(w):
-  """MatConvNet Conv3D filter `[H W T Cin Cout]` -> Flax `(T, H, W, Cin, Cout)`."""
-  w = np.asarray(w, np.float32)
-  if w.ndim != 5:
-    raise ValueError(f"Conv3D filter must be H x W x T x Cin x Cout, got {w.shape}")
-  return np.transpose(w, (2, 0, 1, 3, 4))
-
-
-def _conv2d(w):
-  w = np.asarray(w, np.float32)
-  return w.reshape(w.shape + (1,) * (4 - w.ndim))
-
-
-def _bias_vec(b):
-  return np.asarray(b, np.float32).ravel(order="F")
-
-
-def twostreamfusion_vgg16_table() -> dict[str, tuple[str, Any]]:
-  """`feichtenhofer/twostreamfusion` (`cnn_ucf101_fusion.m`) DagNN layers -> `vgg16_fusion`.
-
-  Layer names get `_spatial` / `_temporal` suffixes; the class layer is
-  renamed `prediction`; the fusion convolution is `conv53D` (params
-  `conv3Df`, `conv3Db`). Returns layer -> (zoo parameter scope, kernel transform).
+  * `(C_in, C_out)` Dense: a `kh x kw x Cin x Cout` fully connected filter,
+    flattened in C order = the zoo's (H, W, C) input order;
+  * `(kh, kw, Cin, Cout)`: as stored;
+  * `(T, H, W, Cin, Cout)`: a `dagnn.Conv3D` filter `[H W T Cin Cout]`
+    (twostreamfusion), or a `dagnn.ConvTime` filter `[1 T Cin Cout]`
+    (st-resnet: the temporal taps along the second axis, earliest first).
   """
-  table = {}
+  w = np.asarray(w, np.float32)
+  if len(shape) == 2:
+    out = w.reshape(w.shape + (1,) * (4 - w.ndim)) if w.ndim < 4 else w
+    return out.reshape(-1, out.shape[-1])
+  if len(shape) == 4:
+    return w.reshape(w.shape + (1,) * (4 - w.ndim))
+  if len(shape) == 5:
+    if w.ndim == 5:
+      return np.transpose(w, (2, 0, 1, 3, 4))
+    if w.ndim == 4 and w.shape[0] == 1 and shape[1:3] == (1, 1):
+      return np.transpose(w, (1, 0, 2, 3))[:, :, None]
+  raise ValueError(f"{where}: filter {w.shape} does not map to a kernel {shape}")
+
+
+def _twostreamfusion_scope(layer: str) -> str | None:
+  """`feichtenhofer/twostreamfusion` (`cnn_ucf101_fusion.m`) layer -> `vgg16_fusion` scope.
+
+  Layers carry `_spatial` / `_temporal` suffixes, the class layer is renamed
+  `prediction` (-> fc8), the fusion convolution is `conv53D`; the spatial
+  (fusion) tower's fc layers are the top-level head.
+  """
+  if layer == "conv53D":
+    return "conv5_fusion"
   for suffix, tower, head in (("_spatial", "rgb/", ""), ("_temporal", "flow/", "flow/")):
-    for c in _VGG16_CONVS:
-      table[c + suffix] = (tower + c, _conv2d)
-    table["fc6" + suffix] = (head + "fc6", _fc_as_dense)
-    table["fc7" + suffix] = (head + "fc7", _fc_as_dense)
-    table["prediction" + suffix] = (head + "fc8", _fc_as_dense)
-  table["conv53D"] = ("conv5_fusion", _conv3d)
-  return table
+    if layer.endswith(suffix):
+      name = layer[:-len(suffix)]
+      if name in ("fc6", "fc7"):
+        return head + name
+      if name == "prediction":
+        return head + "fc8"
+      return tower + name
+  return None
 
 
-ZOO_TABLES = {"vgg16_fusion": twostreamfusion_vgg16_table}
+def _stresnet_scope(layer: str) -> str | None:
+  """`feichtenhofer/st-resnet` (`STResNet_stage1/2.m`) layer -> `st_resnet50` scope:
+  `X_spatial` -> `rgb/X`, `X_temporal` -> `flow/X` (Caffe ResNet-50 names)."""
+  for suffix, tower in (("_spatial", "rgb/"), ("_temporal", "flow/")):
+    if layer.endswith(suffix):
+      return tower + layer[:-len(suffix)]
+  return None
+
+
+ZOO_TABLES = {"vgg16_fusion": _twostreamfusion_scope, "st_resnet50": _stresnet_scope}
 
 
 def to_zoo(path: str, architecture: str = "vgg16_fusion", *, target=None, **overrides):
   """A MatConvNet DagNN release into a zoo architecture, strictly by layer name.
 
-  Every DagNN layer with parameters must be in the table and every zoo
-  parameter filled; the first parameter of a layer is its filter, the second
-  its bias (as `dagnn.Conv` / `dagnn.Conv3D` store them).
+  Each DagNN layer with parameters maps to one zoo scope (`ZOO_TABLES`): a
+  convolution's `[filter, bias]` to `kernel`/`bias` (layout from the target's
+  shape, see `_to_target`), a batch norm's `[mult, bias, moments]` to the
+  unfolded zoo's `scale`/`bias` and `batch_stats` `mean` = mu, `var` =
+  sigma^2 - eps (so the zoo's `sqrt(var + eps)` is MatConvNet's sigma
+  exactly). Every layer must map, every parameter be used, every zoo
+  parameter filled.
 
   Args:
     path: the `.mat` file (variable `net`, DagNN).
     architecture: a key of `ZOO_TABLES`.
-    target: an already built zoo model with these overrides (optional).
+    target: the zoo model built with these overrides and `folded=False`
+      (optional; built here otherwise).
     **overrides: zoo factory arguments (`frames`, `num_classes`, ...).
 
   Returns:
-    `(model, overrides)`: the zoo model with the converted weights.
+    `(model, overrides)`: the zoo model (batch norm unfolded) with the weights.
   """
   from stviz_jax.models import registry
   if architecture not in ZOO_TABLES:
     raise ValueError(f"no MatConvNet table for {architecture!r}; available: "
                      f"{', '.join(ZOO_TABLES)}")
-  table = ZOO_TABLES[architecture]()
+  scope_of = ZOO_TABLES[architecture]
   mat = loadmat(path)
   if "net" not in mat:
     raise MatConvNetError(f"{path}: no variable 'net'")
   net = _one(mat["net"])
   params = {_str(_get(_one(p), "name")): _get(_one(p), "value")
             for p in _cells(_get(net, "params"))}
+  if target is None:
+    target = registry.load(architecture, folded=False, **overrides)
+  template = {k: tuple(np.shape(v)) for k, v in common.flatten(target.variables).items()}
+  eps = float(getattr(target.module, "bn_eps", 1e-5))
   values, unexpected, mismatched, used = {}, [], [], set()
   for layer in (_one(l) for l in _cells(_get(net, "layers"))):
     name = _str(_get(layer, "name"))
     pnames = [_str(p) for p in _cells(_get(layer, "params"))]
     if not pnames:
       continue
-    if name not in table:
-      unexpected.append(f"layer {name} ({', '.join(pnames)})")
+    scope = scope_of(name)
+    if scope is not None and not any(f"params/{scope}/{leaf}" in template
+                                     for leaf in ("kernel", "scale")):
+      unexpected.append(f"layer {name} (-> {scope}, not a parameter of {architecture})")
+      used.update(pnames)
       continue
-    scope, transform = table.pop(name)
     missing = [p for p in pnames if p not in params]
-    if missing or len(pnames) > 2:
-      mismatched.append(f"layer {name}: params {pnames} (missing {missing})")
+    if scope is None or missing:
+      unexpected.append(f"layer {name} ({', '.join(pnames)})" if scope is None else
+                        f"layer {name} params {missing} absent from net.params")
       continue
     used.update(pnames)
+    w = [params[p] for p in pnames]
+    where = f"layer {name}"
     try:
-      values[f"params/{scope}/kernel"] = transform(params[pnames[0]])
+      if f"params/{scope}/scale" in template:
+        if len(w) != 3:
+          raise ValueError(f"{where}: batch norm needs [mult, bias, moments], has {len(w)}")
+        m = np.asarray(w[2], np.float64)
+        values[f"params/{scope}/scale"] = _bias_vec(w[0])
+        values[f"params/{scope}/bias"] = _bias_vec(w[1])
+        values[f"batch_stats/{scope}/mean"] = m[:, 0].astype(np.float32)
+        values[f"batch_stats/{scope}/var"] = (m[:, 1] ** 2 - eps).astype(np.float32)
+      else:
+        key = f"params/{scope}/kernel"
+        values[key] = _to_target(w[0], template.get(key, ()), where)
+        if len(w) > 1:
+          values[f"params/{scope}/bias"] = _bias_vec(w[1])
     except ValueError as e:
-      mismatched.append(f"layer {name}: {e}")
-    if len(pnames) == 2:
-      values[f"params/{scope}/bias"] = _bias_vec(params[pnames[1]])
+      mismatched.append(str(e))
   unexpected += [f"net.params '{p}'" for p in params if p not in used]
-  common.check_complete(path, missing=[f"layer {n}" for n in table],
-                        unexpected=unexpected, mismatched=mismatched)
-  if target is None:
-    target = registry.load(architecture, **overrides)
+  unfilled = [k for k in template if k not in values]
+  common.check_complete(path, missing=unfilled, unexpected=unexpected, mismatched=mismatched)
   variables = jax.tree.map(jnp.asarray, common.fill_like(target.variables, values, path))
   model = base.wrap(target.module, variables, target.spec.streams,
                     layers=target.spec.layers, name=target.name, labels=target.labels)
   return model, dict(overrides)
+
+
+def _bias_vec(b):
+  return np.asarray(b, np.float32).ravel(order="F")
 
 
 ARCHITECTURE = "matconvnet"

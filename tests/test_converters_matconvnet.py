@@ -223,7 +223,7 @@ def test_twostreamfusion_dagnn_into_zoo_vgg16_fusion(tmp_path):
   MatConvNet layouts) fills `vgg16_fusion`; taps checked by direct NumPy sums."""
   from stviz_jax.models import registry
   kw = dict(width=1 / 16, num_classes=10, frames=2)
-  target = registry.load("vgg16_fusion", **kw)
+  target = registry.load("vgg16_fusion", folded=False, **kw)
   shapes = {k: np.shape(v) for k, v in common.flatten(target.variables).items()}
   rs = np.random.RandomState(0)
   layers, params = [], []
@@ -290,5 +290,70 @@ def test_twostreamfusion_dagnn_into_zoo_vgg16_fusion(tmp_path):
   scipy.io.savemat(path, {"net": {"layers": struct_array(layers, fields),
                                   "params": struct_array(params, ["name", "value"])}})
   with pytest.raises(common.ConversionError,
-                     match=r"missing 1: layer conv53D; unexpected 4: .*layer fc9_spatial"):
+                     match=r"missing 2: params/conv5_fusion/bias, params/conv5_fusion/kernel; "
+                           r"unexpected 3: .*layer fc9_spatial \(-> rgb/fc9, not a parameter"):
     matconvnet.to_zoo(path, "vgg16_fusion", target=target, **kw)
+
+
+def test_stresnet_dagnn_into_zoo_st_resnet50(tmp_path):
+  """A DagNN file named as `STResNet_stage1.m` writes it (ConvTime filters
+  `[1 3 Cin Cout]`, batch norm `[mult, bias, moments]`) fills `st_resnet50`."""
+  from stviz_jax.models import registry
+  kw = dict(width=1 / 16, num_classes=10, frames=2)
+  target = registry.load("st_resnet50", folded=False, **kw)
+  shapes = {k: np.shape(v) for k, v in common.flatten(target.variables).items()}
+  rs = np.random.RandomState(0)
+  layers, params, src = [], [], {}
+  for key, shape in shapes.items():
+    kind, tower, *path, leaf = key.split("/")
+    if kind != "params" or leaf not in ("kernel", "scale"):
+      continue
+    scope = "/".join(path)
+    name = f"{scope}_{'spatial' if tower == 'rgb' else 'temporal'}"
+    if leaf == "scale":
+      c = shape[0]
+      vals = [rs.uniform(0.5, 1.5, (c, 1)), 0.1 * rs.randn(c, 1),
+              np.stack([0.1 * rs.randn(c), rs.uniform(0.5, 2, c)], 1)]
+      pnames = [f"{scope}_mult", f"{scope}_bias", f"{scope}_moments"]
+    else:
+      mcn = {2: (1, 1) + shape, 4: shape, 5: (1, shape[0]) + shape[3:]}[len(shape)]
+      vals = [rs.randn(*mcn) * np.sqrt(2 / np.prod(mcn[:-1]))]
+      pnames = [f"{scope}_filter"]
+      if f"params/{tower}/{scope}/bias" in shapes:
+        vals.append(0.1 * rs.randn(1, shape[-1]))
+        pnames.append(f"{scope}_bias")
+    pnames = [f"{p}_{name.rsplit('_', 1)[1]}" for p in pnames]
+    src[f"{tower}/{scope}"] = [np.asarray(v, np.float32) for v in vals]
+    params += [{"name": p, "value": v} for p, v in zip(pnames, src[f"{tower}/{scope}"])]
+    layers.append({"name": name, "type": "dagnn.Conv", "inputs": cell(["x"]),
+                   "outputs": cell([name]), "params": cell(pnames), "block": {}})
+  path = str(tmp_path / "stres.mat")
+  fields = ["name", "type", "inputs", "outputs", "params", "block"]
+  scipy.io.savemat(path, {"net": {"layers": struct_array(layers, fields),
+                                  "params": struct_array(params, ["name", "value"])}})
+  model, _ = matconvnet.to_zoo(path, "st_resnet50", target=target, **kw)
+
+  def bn(x, scope):
+    g, b, m = src[scope]
+    return g.ravel() * (x - m[:, 0]) / m[:, 1] + b.ravel()
+
+  flow = rs.uniform(-20, 20, (1, 20, 224, 224, 2)).astype(np.float32)
+  acts = model.activations({"rgb": np.zeros((1, 2, 224, 224, 3), np.float32), "flow": flow},
+                           ["flow/conv1", "flow/res2a", "flow/res2b_branch2a", "flow/pool5",
+                            "flow/prediction"])
+  stack = np.moveaxis(flow[0, :10], 0, 2).reshape(224, 224, 20).astype(np.float64)
+  conv1 = conv_nhwc(stack, src["flow/conv1"][0], 3)[::2, ::2] + src["flow/conv1"][1].ravel()
+  ref = np.maximum(bn(conv1, "flow/bn_conv1"), 0)
+  np.testing.assert_allclose(acts["flow/conv1"][0, 0], ref, rtol=1e-4, atol=1e-3)
+  # ConvTime: out[t] = sum_k f[0, k] . x[t + k - 1], zero padded in time.
+  x = np.asarray(acts["flow/res2a"][0], np.float64)  # (T, H, W, C)
+  f = src["flow/res2b_branch2a"][0][0]  # (3, Cin, Cout)
+  xp = np.pad(x, ((1, 1), (0, 0), (0, 0), (0, 0)))
+  y = sum(np.einsum("thwc,co->thwo", xp[k:k + 2], f[k]) for k in range(3))
+  ref = np.maximum(bn(y, "flow/bn2b_branch2a"), 0)
+  got = np.asarray(acts["flow/res2b_branch2a"][0])
+  assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
+  pred = (np.asarray(acts["flow/pool5"], np.float64).reshape(1, -1)
+          @ src["flow/prediction"][0].reshape(-1, 10) + src["flow/prediction"][1].ravel())
+  np.testing.assert_allclose(np.asarray(acts["flow/prediction"]).reshape(1, 10), pred,
+                             rtol=1e-4, atol=1e-4)
