@@ -12,34 +12,12 @@ machine noise hits both alike; the JSON line reports the median.
 
 import argparse
 import json
-import platform
 import time
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 import stviz_jax as sv
-from stviz_jax.models import relu
-
-
-class VGGBlocks(nn.Module):
-  widths: tuple = (32, 64, 128)
-  convs: tuple = (2, 2, 3)
-
-  @nn.compact
-  def __call__(self, inputs):
-    x = inputs["rgb"][:, 0]
-    feats = {}
-    for b, (w, n) in enumerate(zip(self.widths, self.convs), start=1):
-      for i in range(1, n + 1):
-        name = f"conv{b}_{i}"
-        x = relu(nn.Conv(w, (3, 3), name=name)(x))
-        feats[name] = x
-      if b < len(self.widths):
-        x = nn.max_pool(x, (2, 2), (2, 2))
-    return x.mean((1, 2)), feats
+from common import machine, vgg_style_model
 
 
 def main():
@@ -50,11 +28,7 @@ def main():
   p.add_argument("--repeats", type=int, default=2)
   args = p.parse_args()
 
-  module = VGGBlocks()
-  shape = (1, args.size, args.size, 3)
-  variables = module.init(jax.random.PRNGKey(0), {"rgb": jnp.zeros((1,) + shape)})
-  model = sv.models.wrap(module, variables,
-                         {"rgb": sv.models.StreamSpec(*shape, (-128.0, 128.0))})
+  model = vgg_style_model(args.size)
   config = sv.default_config()
   config.steps = args.steps
   units = list(range(args.units))
@@ -88,8 +62,7 @@ def main():
       "vmap_s_per_unit_step": round(med["vmap"] / (args.units * args.steps), 5),
       "compile_s": {k: round(v, 2) for k, v in compile_s.items()},
       "compilations": {"loop": loop_vis.trace_count, "vmap": vmap_vis.trace_count},
-      "backend": jax.default_backend(), "devices": len(jax.devices()),
-      "machine": platform.processor() or platform.machine(),
+      **machine(),
   }))
 
 
