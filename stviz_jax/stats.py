@@ -388,7 +388,9 @@ def thumbnails(model: models.Model, stats: UnitStats, dataset: clips_lib.ClipDat
   frames = {}
   for s in range(0, ids.size, batch_size):
     chunk = ids[s:s + batch_size]
-    x = dataset.batch(chunk)[0][stream]
+    # Padded to the pass's batch size: a jitted dataset reuses its compilation.
+    padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - chunk.size)])
+    x = dataset.batch(padded)[0][stream]
     for i, clip in zip(chunk, x):
       frames[int(i)] = render.stream_frames(stream, clip)  # (T, H, W, 3) uint8
   out = {}
@@ -423,10 +425,7 @@ def dataset_from_config(config: ml_collections.ConfigDict, model: models.Model):
   """The dataset named by `config.dataset.kind`: 'synthetic' or 'videos'."""
   d = config.dataset
   if d.kind == "synthetic":
-    from stviz_jax import train_synthetic  # the config's classes and clip spec.
-    classes = train_synthetic.classes_from_config(config.data)
-    spec = train_synthetic.clip_spec_from_config(config.data)
-    return clips_lib.SyntheticClips(classes, d.size, d.seed, spec)
+    return clips_lib.synthetic_from_config(config.data, d.size, d.seed)
   if d.kind == "videos":
     from stviz_jax.data import videos
     return videos.VideoFolder.from_config(d, model.spec.streams)
@@ -458,7 +457,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> UnitStats:
   stats = compute(model, dataset, layers, batch_size=sc.batch_size, top_k=sc.top_k,
                   state_path=os.path.join(workdir, STATE_FILE),
                   checkpoint_every=sc.checkpoint_every, log_every=sc.log_every)
-  thumbs = thumbnails(model, stats, dataset) if sc.thumbnails else None
+  thumbs = (thumbnails(model, stats, dataset, batch_size=sc.batch_size)
+            if sc.thumbnails else None)
   path = os.path.join(workdir, STATS_FILE)
   stats.save(path, dataset, thumbs)
   summary = {"model": model.name, "num_clips": stats.num_clips,

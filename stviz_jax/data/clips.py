@@ -114,3 +114,16 @@ def _render(classes, spec, seed, indices, labels):
   clips = jax.vmap(synthetic.render_clip, in_axes=(0, 0, 0, 0, None))(
       keys, colours[labels], directions[labels], speeds[labels], spec)
   return synthetic.model_inputs(clips)
+
+
+def synthetic_from_config(data, size: int, seed: int) -> SyntheticClips:
+  """`SyntheticClips` of the classes and clip settings of a `config.data`
+  (configs/synthetic_two_stream.py: colours x directions at one speed)."""
+  colours = [c.strip() for c in str(data.colours).split(",") if c.strip()]
+  directions = [float(d) for d in str(data.directions).split(",") if d.strip()]
+  spec = synthetic.ClipSpec(frames=data.frames, size=data.size, clutter=data.clutter,
+                            distractors=data.distractors, noise=data.noise,
+                            direction_jitter=data.direction_jitter,
+                            speed_jitter=data.speed_jitter)
+  return SyntheticClips(synthetic.grid_classes(colours, directions, data.speed), size, seed,
+                        spec)
