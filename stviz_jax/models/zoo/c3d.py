@@ -9,7 +9,8 @@ every layer against it): `conv1a` (64), `pool1`, `conv2a` (128), `pool2`,
 convolutions are 3x3x3 with padding 1 in time and space; `pool1` is 1x2x2
 (no temporal pooling), the others 2x2x2, all with Caffe's ceil rounding, so
 a 16 x 112 x 112 clip gives a 1 x 4 x 4 x 512 `pool5` (8192 inputs to
-`fc6-1`, as in the released model).
+`fc6-1`, as in the released model). `fc_suffix=""` names the classifier
+`fc6` ... `fc8` as in the UCF101 fine-tuning prototxt.
 
 The paper notes its method applies to any 3-D ConvNet; this is the classic
 one. Input: `rgb` `(frames, size, size, 3)` RGB minus the mean clip (about
@@ -54,14 +55,16 @@ def c3d_layers(bottom: str, width: float, num_classes: int,
 
 @registry.register("c3d")
 def c3d(frames: int = 16, size: int = 112, num_classes: int = 487,
-        width: float = 1.0, seed: int = 0, weights: str | None = None,
-        folded: bool = True) -> base.Model:
+        fc_suffix: str = "-1", width: float = 1.0, seed: int = 0,
+        weights: str | None = None, folded: bool = True) -> base.Model:
   """C3D (see module docstring).
 
   Args:
     frames: clip length (16; at least 8 for four temporal poolings).
     size: crop height and width (112).
-    num_classes: 487 (Sports-1M, names `fc*-1`) or e.g. 101 (UCF101).
+    num_classes: 487 (Sports-1M) or e.g. 101 (UCF101).
+    fc_suffix: "-1" names the classifier `fc6-1` ... `fc8-1` (Sports-1M
+      feature extractor); "" gives `fc6` ... `fc8` (UCF101 fine-tuned net).
     width: channel multiplier (< 1 only for tiny random test models).
     seed: random initialisation seed (when `weights` is None).
     weights: converted weights directory (architecture 'c3d').
@@ -70,14 +73,14 @@ def c3d(frames: int = 16, size: int = 112, num_classes: int = 487,
   if weights and width != 1.0:
     raise ValueError(f"width={width} builds a narrowed network; converted "
                      "weights need width=1.0")
-  return build(c3d_graph(frames, size, num_classes, width), folded=folded,
-               seed=seed, weights=weights)
+  return build(c3d_graph(frames, size, num_classes, fc_suffix, width),
+               folded=folded, seed=seed, weights=weights)
 
 
 def c3d_graph(frames: int = 16, size: int = 112, num_classes: int = 487,
-              width: float = 1.0) -> Graph:
+              fc_suffix: str = "-1", width: float = 1.0) -> Graph:
   """The layer graph of `c3d` (arguments as there)."""
-  nodes = c3d_layers("data", width, num_classes)
+  nodes = c3d_layers("data", width, num_classes, fc_suffix)
   return Graph("c3d", nodes=tuple(nodes), taps=tuple(n.name for n in nodes),
                logits=(nodes[-1].name,),
                streams={"rgb": base.StreamSpec(frames, size, size, 3,
