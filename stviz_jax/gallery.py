@@ -293,6 +293,11 @@ class LayerStats:
   top_thumbnails: np.ndarray | None = None
 
 
+# npz field top_<name> -> key of a clip entry (the JSON schema's names).
+_NPZ_CLIP_FIELDS = {"clips": "clip", "labels": "class", "videos": "video",
+                    "frames": "frame", "t": "t", "y": "y", "x": "x"}
+
+
 def load_stats(path: str) -> dict[str, LayerStats]:
   """Reads a statistics file (JSON or npz, schema in the module docstring).
 
@@ -317,18 +322,22 @@ def load_stats(path: str) -> dict[str, LayerStats]:
       for layer, st in out.items():
         if f"{layer}/top_scores" in f.files:
           scores = f[f"{layer}/top_scores"]
-          fields = {n: f[f"{layer}/top_{n}"] for n in ("labels", "videos", "frames")
+          fields = {n: f[f"{layer}/top_{n}"] for n in _NPZ_CLIP_FIELDS
                     if f"{layer}/top_{n}" in f.files}
           for u in range(scores.shape[0]):
             clips = []
             for k in range(scores.shape[1]):
-              clip = {"score": float(scores[u, k])}
-              if "labels" in fields:
-                clip["class"] = int(fields["labels"][u, k])
-              if "videos" in fields:
-                clip["video"] = absolute(str(fields["videos"][u, k]))
-              if "frames" in fields:
-                clip["frame"] = int(fields["frames"][u, k])
+              # Unfilled ranks (fewer clips than k): index -1 or a non-finite score.
+              if not np.isfinite(scores[u, k]) or ("clips" in fields and
+                                                   fields["clips"][u, k] < 0):
+                continue
+              clip = {"rank": k, "score": float(scores[u, k])}
+              for n, key in _NPZ_CLIP_FIELDS.items():
+                if n in fields:
+                  v = fields[n][u, k]
+                  clip[key] = absolute(str(v)) if n == "videos" else int(v)
+              if not clip.get("video"):
+                clip.pop("video", None)
               clips.append(clip)
             st.top_clips[u] = clips
   else:
@@ -345,8 +354,8 @@ def load_stats(path: str) -> dict[str, LayerStats]:
           setattr(st, field, np.asarray(d[field], np.float64))
       for unit, clips in d.get("top_clips", {}).items():
         st.top_clips[int(unit)] = [
-            dict(c, **{k: absolute(c[k]) for k in ("video", "thumbnail") if c.get(k)})
-            for c in clips]
+            dict(c, rank=k, **{n: absolute(c[n]) for n in ("video", "thumbnail") if c.get(n)})
+            for k, c in enumerate(clips)]
       out[layer] = st
   for layer, st in out.items():
     if st.per_class_max is not None:
@@ -725,8 +734,10 @@ def _layer_page(workdir: str, layer: LayerRuns, page_dir: str, encodings: Sequen
                     for v, s, _ in views)
     extra = ""
     if stats is not None and stats.per_class_max is not None and u < len(stats.per_class_max):
-      best = int(np.argmax(stats.per_class_max[u]))
-      extra = f'<span title="class of maximum activity">{_e(stats.class_names[best])}</span>'
+      row = stats.per_class_max[u]
+      if np.isfinite(row).any():
+        best = int(np.nanargmax(np.where(np.isfinite(row), row, np.nan)))
+        extra = f'<span title="class of maximum activity">{_e(stats.class_names[best])}</span>'
     tiles.append(
         f'<div class="tile" data-unit="{u}" data-acts="{_e(json.dumps(acts))}">'
         f'<div class="media">{media}</div><div class="cap">'
@@ -795,12 +806,17 @@ def _stats_html(page_dir: str, unit: int, stats: LayerStats | None) -> str:
         thumb = (f'<img class="m" loading="lazy" height="64" '
                  f'src="{_e(_link(page_dir, c["thumbnail"]))}" alt="clip {k + 1}">')
       elif stats.top_thumbnails is not None and unit < len(stats.top_thumbnails):
-        thumb_path = _thumbnail(page_dir, unit, k, stats.top_thumbnails[unit][k])
+        thumb_path = _thumbnail(page_dir, unit, c["rank"],
+                                stats.top_thumbnails[unit][c["rank"]])
         thumb = (f'<img class="m" loading="lazy" height="64" '
                  f'src="{_url(page_dir, thumb_path)}" alt="clip {k + 1}">')
       video = c.get("video", "")
       video_html = f'<a href="{_e(_link(page_dir, video))}">{_e(os.path.basename(video))}</a>' if video else ""
-      where = ", ".join(f"{key} {c[key]}" for key in ("frame", "y", "x") if key in c)
+      where = ", ".join(f"{key} {c[key]}" for key in ("clip", "frame") if key in c)
+      if all(key in c for key in ("t", "y", "x")):
+        where += f" (feature map t, y, x = {c['t']}, {c['y']}, {c['x']})"
+      elif "y" in c and "x" in c:
+        where += f" (y, x = {c['y']}, {c['x']})"
       rows.append(f"<tr><td>{k + 1}</td><td>{thumb}</td><td>{_e(c.get('class', ''))}</td>"
                   f"<td>{float(c.get('score', np.nan)):.4g}</td><td>{video_html}</td>"
                   f"<td>{_e(where)}</td></tr>")
@@ -851,6 +867,7 @@ def _unit_page(workdir: str, layer: LayerRuns, page_dir: str, unit: int,
       for u, label in ((prev_unit, "←"), (next_unit, "→")) if u is not None)
   has_flow = any(s == "flow" or layer.runs[0].shapes[s][-1] == 2 for s in layer.streams)
   hist = f"unit_{unit:04d}_history.png"
+  settings_json = "[\n" + ",\n".join(json.dumps(c) for c in configs) + "\n]"
   body = f"""<header>
 <div class="crumbs"><a href="{_url(page_dir, os.path.join(workdir, 'index.html'))}">run</a> /
 <a href="index.html">{_e(layer.layer)}</a> / unit {unit} &nbsp; {nav}</div>
@@ -870,7 +887,7 @@ def _unit_page(workdir: str, layer: LayerRuns, page_dir: str, unit: int,
 <h2>Exact config and seed</h2>
 <p>seed = {layer.runs[0].seed} (unit {unit} starts from noise drawn from
 <code>fold_in(PRNGKey(seed), {unit})</code>)</p>
-<pre>{_e(json.dumps(configs, indent=2))}</pre>
+<pre>{_e(settings_json)}</pre>
 <pre>{_e(json.dumps(config, indent=2))}</pre>
 """
   return _page(f"{layer.layer} unit {unit} · {model}", body,

@@ -136,7 +136,7 @@ def class_activity(path: str, class_names: Sequence[str], values: np.ndarray,
   Args:
     path: output PNG.
     class_names: `(K,)` names.
-    values: `(K,)` maximum activity of the unit per class.
+    values: `(K,)` maximum activity of the unit per class (NaN: class absent).
     top: number of classes shown (the paper shows 10).
     title: figure title.
 
@@ -147,7 +147,8 @@ def class_activity(path: str, class_names: Sequence[str], values: np.ndarray,
   if values.shape != (len(class_names),):
     raise ValueError(f"per-class activity has shape {values.shape}, expected "
                      f"({len(class_names)},) for {len(class_names)} class names")
-  order = [int(i) for i in np.argsort(-values, kind="stable")[:top]]
+  # NaN marks a class absent from the dataset: never shown.
+  order = [int(i) for i in np.argsort(-values, kind="stable") if np.isfinite(values[i])][:top]
   fig = Figure(figsize=(4.2, 0.25 * len(order) + 0.9))
   ax = fig.subplots()
   ax.barh(np.arange(len(order))[::-1], values[order], color="#4c72b0")

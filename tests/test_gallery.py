@@ -275,6 +275,37 @@ def test_statistics_are_shown_when_given(run_dir, tmp_path):
   assert b.top_clips[1][0]["class"] == "class03" == a.top_clips[1][0]["class"]
 
 
+def test_statistics_from_the_stats_module(run_dir, tmp_path):
+  """stviz_jax.stats output (npz with thumbnails) shows on the unit pages."""
+  from stviz_jax import models, stats
+  from stviz_jax.data import clips
+  rng = np.random.default_rng(0)
+  n = 9
+  data = clips.ArrayClips({"rgb": rng.normal(size=(n, 1, 32, 32, 3)),
+                           "flow": rng.normal(size=(n, 4, 32, 32, 2))},
+                          np.arange(n) % 3, ("walk", "run", "jump"))
+  model = models.load("tiny_two_stream")
+  st = stats.compute(model, data, ["fusion"], batch_size=3, top_k=4)
+  work = str(tmp_path / "w")
+  shutil.copytree(run_dir, work)
+  thumbnails = stats.thumbnails(model, st, data)
+  st.save(os.path.join(work, "stats.npz"), data, thumbnails)
+  gallery.build(work)  # finds DIR/stats.npz by itself
+  d = st.layers["fusion"]
+  page = os.path.join(work, "gallery", "fusion", "unit_0002.html")
+  with open(page) as f:
+    text = f.read()
+  assert f"â = {float(d['a_hat'][2]):.4g}" in text
+  ranked = [int(c) for c in d["top_clips"][2] if c >= 0]
+  assert [int(m) for m in re.findall(r"clip (\d+), frame", text)] == ranked
+  thumbs = [a["src"] for t, a in _parse(page).tags
+            if t == "img" and a.get("src", "").startswith("stats/")]
+  assert len(thumbs) == len(ranked)
+  np.testing.assert_array_equal(iio.imread(_local(page, thumbs[0])),
+                                thumbnails["fusion"][2, 0])
+  assert os.path.isfile(os.path.join(work, "gallery", "fusion", "unit_0002_classes.png"))
+
+
 def test_bad_statistics_name_the_file_and_field(tmp_path):
   path = str(tmp_path / "s.json")
   with open(path, "w") as f:
