@@ -298,6 +298,14 @@ def test_vgg16_table1_output_sizes(vgg16_rgb):
     assert vgg16_rgb.spec.feature_shape(f"rgb/{layer}")[1:3] == (size, size), layer
 
 
+def test_ucf101_heads_have_class_names(vgg16_rgb, fixtures_dir):
+  rows = (fixtures_dir / "twostreamfusion_feichtenhofer" / "classInd.txt").read_text().split()
+  assert vgg16_rgb.labels == tuple(rows[1::2])
+  # The classes of the paper's Fig. 1 and Fig. 4 units.
+  assert vgg16_rgb.class_index("Billiards") == 11
+  assert vgg16_rgb.class_index("PlayingTabla") == 65
+
+
 @pytest.mark.parametrize("layer", ["conv1_2", "pool2", "conv3_3"])
 def test_vgg16_table1_receptive_fields(vgg16_rgb, layer):
   rf, stride, _ = TABLE1[layer]
@@ -308,6 +316,19 @@ def test_vgg16_table1_receptive_fields(vgg16_rgb, layer):
 def test_vgg16_table1_all_layers(vgg16_rgb):
   got = {l: vgg16_rgb.spec.receptive_field(f"rgb/{l}") for l in TABLE1}
   assert got == {l: (rf, s) for l, (rf, s, _) in TABLE1.items()}
+
+
+@pytest.mark.slow
+def test_inception_v3_asymmetric_receptive_fields():
+  # At the 17x17 stage (stride 16) a 7x1 kernel widens the field by 6 * 16 =
+  # 96 pixels in height only; the following 1x7 catches up in width.
+  m = models.load("tsn_inception_v3", streams=("flow",), width=1 / 16)
+  base = m.spec.geometry("flow/mixed_4_tower_conv").size
+  tall = m.spec.geometry("flow/mixed_4_tower_conv_1").size
+  square = m.spec.geometry("flow/mixed_4_tower_conv_2").size
+  assert base[1] == base[2]
+  assert (tall[1] - base[1], tall[2] - base[2]) == (96, 0)
+  assert square[1] == square[2] == tall[1]
 
 
 # ----------------------------------------------------------------------------

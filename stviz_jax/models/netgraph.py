@@ -504,3 +504,19 @@ def build(graph: Graph, *, folded: bool = True, seed: int = 0,
   return base.wrap(graph.module(folded), variables, graph.streams,
                    layers=tuple(graph.taps) + (base.LOGITS,), name=graph.name,
                    labels=labels)
+
+
+def ucf101_labels() -> tuple[str, ...]:
+  """The 101 UCF101 class names in the models' output order (`classInd.txt`)."""
+  import importlib.resources
+  text = (importlib.resources.files("stviz_jax") / "assets" /
+          "ucf101_classInd.txt").read_text()
+  rows = [line.split() for line in text.splitlines() if line.strip()]
+  if [int(i) for i, _ in rows] != list(range(1, 102)):
+    raise ValueError("stviz_jax/assets/ucf101_classInd.txt: expected classes 1..101")
+  return tuple(name for _, name in rows)
+
+
+def labels_for(num_classes: int) -> tuple[str, ...] | None:
+  """Class names of a UCF101 head (101 outputs); None for other heads."""
+  return ucf101_labels() if num_classes == 101 else None

@@ -39,7 +39,7 @@ from typing import Sequence
 
 from stviz_jax.models import base, registry
 from stviz_jax.models.netgraph import (Concat, Conv, Dense, Graph, Pool,
-                                       StreamInput, build, scaled)
+                                       StreamInput, build, labels_for, scaled)
 
 # Per block: (1x1, 3x3_reduce, 3x3, double_3x3_reduce, double_3x3_1/2,
 #             pool kind, pool_proj); 1x1 = 0 marks a stride-2 reduction block.
@@ -129,7 +129,8 @@ def tsn_bn_inception(size: int = 224, flow_stack: int = 5, num_classes: int = 10
   _check_width(width, weights)
   graph = tsn_bn_inception_graph(size, flow_stack, num_classes, streams,
                                  logit_weights, width)
-  return build(graph, folded=folded, seed=seed, weights=weights)
+  return build(graph, folded=folded, seed=seed, weights=weights,
+               labels=labels_for(num_classes))
 
 
 def tsn_bn_inception_graph(size: int = 224, flow_stack: int = 5,

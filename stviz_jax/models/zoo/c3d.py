@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from stviz_jax.models import base, registry
 from stviz_jax.models.netgraph import (Conv, Dense, Graph, Pool, StreamInput,
-                                       build, scaled)
+                                       build, labels_for, scaled)
 
 # (block, convolutions' output channels)
 C3D_BLOCKS = ((1, ("conv1a", 64)), (2, ("conv2a", 128)),
@@ -74,7 +74,8 @@ def c3d(frames: int = 16, size: int = 112, num_classes: int = 487,
     raise ValueError(f"width={width} builds a narrowed network; converted "
                      "weights need width=1.0")
   return build(c3d_graph(frames, size, num_classes, fc_suffix, width),
-               folded=folded, seed=seed, weights=weights)
+               folded=folded, seed=seed, weights=weights,
+               labels=labels_for(num_classes))
 
 
 def c3d_graph(frames: int = 16, size: int = 112, num_classes: int = 487,

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from stviz_jax.models import base, registry
 from stviz_jax.models.netgraph import (Add, Conv, Dense, Graph, Pool,
-                                       StreamInput, build, scaled)
+                                       StreamInput, build, labels_for, scaled)
 
 # (stage, units, bottleneck channels, output channels, first stride)
 RESNET50_STAGES = ((2, 3, 64, 256, 1), (3, 4, 128, 512, 2),
@@ -143,7 +143,8 @@ def st_resnet50(frames: int = 5, size: int = 224, flow_stack: int = 10,
                      "weights need width=1.0")
   graph = st_resnet50_graph(frames, size, flow_stack, flow_stride, num_classes,
                             width)
-  return build(graph, folded=folded, seed=seed, weights=weights)
+  return build(graph, folded=folded, seed=seed, weights=weights,
+               labels=labels_for(num_classes))
 
 
 def st_resnet50_graph(frames: int = 5, size: int = 224, flow_stack: int = 10,

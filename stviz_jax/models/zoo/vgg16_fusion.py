@@ -48,7 +48,7 @@ from typing import Sequence
 
 from stviz_jax.models import base, registry
 from stviz_jax.models.netgraph import (Concat, Conv, Dense, Graph, Pool,
-                                       StreamInput, build, scaled)
+                                       StreamInput, build, labels_for, scaled)
 
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512),
                 (512, 512, 512))
@@ -104,7 +104,8 @@ def vgg16_fusion(frames: int = 5, size: int = 224, flow_stack: int = 10,
   _check_width(width, weights)
   graph = vgg16_fusion_graph(frames, size, flow_stack, flow_stride, num_classes,
                              width)
-  return build(graph, folded=folded, seed=seed, weights=weights)
+  return build(graph, folded=folded, seed=seed, weights=weights,
+               labels=labels_for(num_classes))
 
 
 def vgg16_fusion_graph(frames: int = 5, size: int = 224, flow_stack: int = 10,
@@ -157,7 +158,8 @@ def vgg16_two_stream(size: int = 224, flow_stack: int = 10, num_classes: int = 1
   _check_width(width, weights)
   graph = vgg16_two_stream_graph(size, flow_stack, num_classes, streams,
                                  logit_weights, width)
-  return build(graph, folded=folded, seed=seed, weights=weights)
+  return build(graph, folded=folded, seed=seed, weights=weights,
+               labels=labels_for(num_classes))
 
 
 def vgg16_two_stream_graph(size: int = 224, flow_stack: int = 10,
