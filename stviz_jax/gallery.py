@@ -57,7 +57,7 @@ import os
 import re
 import urllib.parse
 import zipfile
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from absl import app, flags, logging
 import numpy as np
@@ -532,7 +532,7 @@ a { color: #1a5fb4; } .crumbs { font-size: .9em; color: #666; }
 .tile { border: 1px solid #ddd; border-radius: 4px; padding: 4px; background: #fafafa; }
 .tile .media, .row .media { display: flex; gap: 3px; }
 .tile .cap { font-size: .85em; display: flex; justify-content: space-between; gap: .5em; }
-.tile.missing .media { opacity: .15; }
+.tile.missing .media { visibility: hidden; }
 img.m, video.m { display: block; background: #eee; image-rendering: pixelated; }
 .view { text-align: center; font-size: .75em; color: #666; }
 table.rows td, table.rows th { padding: 4px 8px; vertical-align: middle; text-align: left; }
@@ -564,6 +564,8 @@ _JS = r"""
     return stem + '.' + (el.tagName === 'VIDEO' ? videoExt : (el.dataset.ext || 'png'));
   }
   function loadVideo(v) {
+    const tile = v.closest('.tile');
+    if (tile && tile.classList.contains('missing')) { return; }  // unit not run here.
     const want = url(v);
     if (v.getAttribute('src') !== want) { v.src = want; }
     const p = v.play(); if (p) { p.catch(function () {}); }
@@ -600,6 +602,8 @@ _JS = r"""
       if (cap) { cap.textContent = have ? 'a = ' + acts[name].toPrecision(3) : 'not run'; }
     });
     document.querySelectorAll('img[data-stem]').forEach(function (img) {
+      const tile = img.closest('.tile');
+      if (tile && tile.classList.contains('missing')) { return; }
       const want = url(img); if (img.getAttribute('src') !== want) { img.src = want; } });
     document.querySelectorAll('video[data-stem]').forEach(function (v) {
       if (v._visible || !io) { loadVideo(v); } });

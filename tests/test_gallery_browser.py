@@ -6,7 +6,6 @@ Run alone: `python -m pytest -q -m browser tests/test_gallery_browser.py`.
 """
 
 import io
-import os
 import pathlib
 import shutil
 import tempfile
@@ -76,9 +75,10 @@ def run_dir(tmp_path_factory):
 
 # Every <img> decoded with a size, every <video> with a frame and no error.
 _MEDIA_STATE = """
-const imgs = Array.from(document.images).map(i => ({
+const shown = el => !el.closest('.tile.missing');  // a unit not run under this setting
+const imgs = Array.from(document.images).filter(shown).map(i => ({
   src: i.currentSrc || i.src, ok: i.complete && i.naturalWidth > 0}));
-const vids = Array.from(document.querySelectorAll('video')).map(v => ({
+const vids = Array.from(document.querySelectorAll('video')).filter(shown).map(v => ({
   src: v.currentSrc, ok: v.readyState >= 2 && v.videoWidth > 0 && !v.error,
   error: v.error ? v.error.code : null}));
 return {imgs: imgs, vids: vids, format: document.documentElement.dataset.videoFormat};
@@ -192,6 +192,13 @@ def many_units_dir(tmp_path_factory):
                   history={"objective": rng.normal(size=(units, 3))}, a_hat_given=False,
                   seed=0, settings={"flow": (1.0, 0.0)})
   result.save(str(workdir / "fusion" / "kappa1_gamma0" / "result.npz"))
+  # gamma = 10 stopped before the last unit.
+  partial = Result(layer="fusion", units=np.arange(units - 1),
+                   inputs={k: v[:-1] for k, v in result.inputs.items()},
+                   activations=result.activations[:-1],
+                   history={"objective": result.history["objective"][:-1]},
+                   a_hat_given=False, seed=0, settings={"flow": (1.0, 10.0)})
+  partial.save(str(workdir / "fusion" / "kappa1_gamma10" / "result.npz"))
   gallery.build(str(workdir))
   return workdir, result
 
@@ -211,5 +218,12 @@ def test_offscreen_videos_load_only_when_scrolled_into_view(browser, many_units_
     browser.find_element("css selector", "#sort option[value=act]").click()
     first = browser.execute_script("return document.querySelector('.tile').dataset.unit")
     assert int(first) == int(np.argmax(result.activations))
+    # A unit missing under the other setting is hidden, not shown broken.
+    browser.find_element("css selector", "input[name=setting][value=kappa1_gamma10]").click()
+    _assert_loaded(_wait_loaded(browser))
+    missing = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.tile.missing')).map("
+        "t => [t.dataset.unit, t.querySelector('.act').textContent])")
+    assert missing == [["23", "not run"]]
   finally:
     browser.set_window_size(1200, 900)
