@@ -1236,7 +1236,7 @@ def to_zoo(architecture: str, parts: Sequence[tuple[str, str, str]], *, target=N
     target = registry.load(architecture, **overrides)
   variables = common.fill_like(target.variables, values, " + ".join(sources))
   variables = jax.tree.map(jnp.asarray, variables)
-  model = base.wrap(target.module, variables, target.spec.streams,
+  model = base.wrap(target.apply, variables, target.spec.streams,
                     layers=target.spec.layers, name=target.name, labels=target.labels)
   return model, dict(overrides)
 

@@ -754,7 +754,7 @@ def to_zoo(path: str, architecture: str = "vgg16_fusion", *, target=None, **over
   unfilled = [k for k in template if k not in values]
   common.check_complete(path, missing=unfilled, unexpected=unexpected, mismatched=mismatched)
   variables = jax.tree.map(jnp.asarray, common.fill_like(target.variables, values, path))
-  model = base.wrap(target.module, variables, target.spec.streams,
+  model = base.wrap(target.apply, variables, target.spec.streams,
                     layers=target.spec.layers, name=target.name, labels=target.labels)
   return model, dict(overrides)
 

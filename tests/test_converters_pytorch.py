@@ -288,3 +288,126 @@ def test_tsn_pytorch_bn_inception_matches_torch(fixtures_dir, tmp_path):
   from stviz_jax.models import checkpoint
   variables, meta = checkpoint.restore(str(tmp_path / "w"))
   assert "batch_stats" in variables and meta["architecture"] == "tsn_bn_inception"
+
+
+def piergiaj_i3d(num_classes=10, in_channels=3):
+  """piergiaj/pytorch-i3d's InceptionI3d module tree (same state-dict keys),
+  with its TF-"SAME" padding; the final 2x7x7 average pool is clipped to the
+  feature size, as the zoo does, so small clips run."""
+  import torch.nn.functional as F
+  nn = torch.nn
+
+  def same_pad(x, kernel, stride):
+    pads = []
+    for n, k, s in zip(x.shape[2:], kernel, stride):
+      total = max(k - s, 0) if n % s == 0 else max(k - n % s, 0)
+      pads.append((total // 2, total - total // 2))
+    return F.pad(x, [p for pair in reversed(pads) for p in pair])
+
+  class Unit3D(nn.Module):
+
+    def __init__(self, cin, cout, kernel=(1, 1, 1), stride=(1, 1, 1), bn=True, relu=True,
+                 bias=False):
+      super().__init__()
+      self.k, self.s, self.use_bn, self.relu = kernel, stride, bn, relu
+      self.conv3d = nn.Conv3d(cin, cout, kernel, stride, bias=bias)
+      if bn:
+        self.bn = nn.BatchNorm3d(cout, eps=0.001, momentum=0.01)
+
+    def forward(self, x):
+      x = self.conv3d(same_pad(x, self.k, self.s))
+      if self.use_bn:
+        x = self.bn(x)
+      return F.relu(x) if self.relu else x
+
+  class Pool(nn.Module):
+
+    def __init__(self, kernel, stride):
+      super().__init__()
+      self.k, self.s = kernel, stride
+
+    def forward(self, x):  # zero padding, as piergiaj's MaxPool3dSamePadding
+      return F.max_pool3d(same_pad(x, self.k, self.s), self.k, self.s)
+
+  class Mixed(nn.Module):
+
+    def __init__(self, cin, c):
+      super().__init__()
+      self.b0 = Unit3D(cin, c[0])
+      self.b1a, self.b1b = Unit3D(cin, c[1]), Unit3D(c[1], c[2], (3, 3, 3))
+      self.b2a, self.b2b = Unit3D(cin, c[3]), Unit3D(c[3], c[4], (3, 3, 3))
+      self.b3a, self.b3b = Pool((3, 3, 3), (1, 1, 1)), Unit3D(cin, c[5])
+
+    def forward(self, x):
+      return torch.cat([self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)),
+                        self.b3b(self.b3a(x))], 1)
+
+  from stviz_jax.models.zoo.i3d import MIXED_CHANNELS as C
+
+  class InceptionI3d(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.order = []
+
+      def add(name, mod):
+        self.add_module(name, mod)
+        self.order.append(name)
+
+      add("Conv3d_1a_7x7", Unit3D(in_channels, 64, (7, 7, 7), (2, 2, 2)))
+      add("MaxPool3d_2a_3x3", Pool((1, 3, 3), (1, 2, 2)))
+      add("Conv3d_2b_1x1", Unit3D(64, 64))
+      add("Conv3d_2c_3x3", Unit3D(64, 192, (3, 3, 3)))
+      add("MaxPool3d_3a_3x3", Pool((1, 3, 3), (1, 2, 2)))
+      cin = 192
+      for name in C:
+        if name == "Mixed_4b":
+          add("MaxPool3d_4a_3x3", Pool((3, 3, 3), (2, 2, 2)))
+        if name == "Mixed_5b":
+          add("MaxPool3d_5a_2x2", Pool((2, 2, 2), (2, 2, 2)))
+        add(name, Mixed(cin, C[name]))
+        cin = C[name][0] + C[name][2] + C[name][4] + C[name][5]
+      self.logits = Unit3D(cin, num_classes, bn=False, relu=False, bias=True)
+
+    def forward(self, x, taps):
+      for name in self.order:
+        x = getattr(self, name)(x)
+        taps[name] = x
+      x = F.avg_pool3d(x, [min(a, b) for a, b in zip((2, 7, 7), x.shape[2:])], 1)
+      return self.logits(x).mean((2, 3, 4))  # per-position logits averaged
+
+  torch.manual_seed(0)
+  net = InceptionI3d().eval()
+  with torch.no_grad():
+    for m in net.modules():
+      if isinstance(m, nn.BatchNorm3d):
+        m.weight.uniform_(0.5, 1.5), m.bias.normal_(0, 0.1)
+        m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 2)
+  return net
+
+
+@pytest.mark.slow  # the zoo's I3D builds its random weights op by op (~30 s of CPU)
+def test_piergiaj_i3d_matches_torch(tmp_path):
+  from stviz_jax.models import registry
+  net = piergiaj_i3d()
+  path = str(tmp_path / "rgb_imagenet.pt")
+  torch.save(net.state_dict(), path)
+  kw = dict(frames=8, size=64, num_classes=10)
+  target = registry.load("i3d", **kw)
+  model, _ = pytorch.convert(path, "piergiaj_i3d", target=target, **kw)
+  x = np.random.RandomState(0).uniform(-1, 1, (1, 8, 64, 64, 3)).astype(np.float32)
+  taps = {}
+  with torch.no_grad():
+    ref = net(torch.from_numpy(np.moveaxis(x, -1, 1).copy()), taps).numpy()
+  names = ["Conv3d_2c_3x3", "Mixed_3b", "Mixed_4f", "Mixed_5c"]
+  acts = model.activations({"rgb": x}, names + ["logits"])
+  for n in names:
+    r = np.moveaxis(taps[n].numpy(), 1, -1)
+    assert relerr(acts[n], r) < 1e-4, n
+  assert relerr(acts["logits"], ref) < 1e-4
+  # A state dict missing one batch norm is reported by name.
+  sd = net.state_dict()
+  del sd["Mixed_4c.b2a.bn.running_var"]
+  torch.save(sd, path)
+  with pytest.raises(common.ConversionError, match=r"unexpected 3: Mixed_4c\.b2a\.bn\.bias"):
+    pytorch.convert(path, "piergiaj_i3d", target=target, **kw)
