@@ -1,19 +1,27 @@
-"""The main job: visualise units of a layer under one or more regularisation
-settings and write arrays, pictures and a summary to a work directory.
+"""The main job: visualise units of one or more targets (layer, units,
+objective) under one or more regularisation settings and write arrays,
+pictures and a summary to a work directory.
+
+A target is `config.layer` / `config.units` / `config.objective.kind`, or, when
+`config.targets` is set, each named entry `{layer, units, kind}` of it (e.g.
+units of `Mixed_4f` and class units of `logits` in one run); `<target>` below
+is the layer (single target) or the entry's name.
 
 Layout of `workdir`::
 
-    config.json                      the exact config (and seed) of the run
-    summary.json                     final normalised activation per layer/setting/unit
-    <layer>/grid.png                 units (rows) x settings (columns), appearance | flow
-    <layer>/<setting>/result.npz     all units of that setting (stviz_jax.Result)
-    <layer>/<setting>/unit_0003.npz  one unit's inputs, with config and seed
-    <layer>/<setting>/unit_0003_<stream>.png / .gif / .mp4 / .webm
-    index.html, gallery/             the HTML gallery (stviz_jax.gallery)
+    config.json                       the exact config (and seed) of the run
+    summary.json                      final normalised activation per target/setting/unit
+    <target>/grid.png                 units (rows) x settings (columns), appearance | flow
+    <target>/<setting>/result.npz     all units of that setting (stviz_jax.Result)
+    <target>/<setting>/unit_0003.npz  one unit's inputs, with config and seed
+    <target>/<setting>/unit_0003_<stream>.png / .gif / .mp4 / .webm
+    index.html, gallery/              the HTML gallery (stviz_jax.gallery)
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import re
@@ -26,7 +34,7 @@ import ml_collections
 import numpy as np
 
 from stviz_jax import gallery, models, render, sweep
-from stviz_jax.optimize import Result, Visualizer, _atomic_savez
+from stviz_jax.optimize import Result, Visualizer, _atomic_savez, build_target
 
 
 def parse_units(spec, model: models.Model, layer: str) -> list[int]:
@@ -58,18 +66,109 @@ def parse_units(spec, model: models.Model, layer: str) -> list[int]:
 
 
 def setting_name(tv: dict) -> str:
-  flow = tv.get("flow")
-  if flow is None:
+  """'kappa1_gamma10' from the flow stream's (else the first clip stream's) setting."""
+  kg = tv.get("flow") or next(iter(tv.values()), None)
+  if kg is None:
     return "default"
-  return f"kappa{flow[0]:g}_gamma{flow[1]:g}"
+  return f"kappa{kg[0]:g}_gamma{kg[1]:g}"
 
 
 def settings_from_config(config: ml_collections.ConfigDict, streams) -> list[dict]:
-  """One `{stream: (kappa, gamma)}` per requested flow gamma (or just the config's)."""
-  if "flow" not in streams or not config.gammas:
+  """One `{stream: (kappa, gamma)}` per requested gamma (or just the config's).
+
+  gamma weighs temporal variation, so it applies to the motion stream of a
+  two-stream network; a model without a flow stream (a 3D ConvNet on RGB
+  clips such as I3D) gets it on every stream with more than one frame.
+  """
+  if not config.gammas:
     return [{}]
-  kappa = config.regularizer.flow.kappa
-  return [{"flow": (kappa, float(g))} for g in config.gammas]
+  if "flow" in streams:
+    temporal = ["flow"]
+  else:
+    temporal = [s for s, spec in streams.items() if spec.frames > 1]
+  if not temporal:
+    return [{}]
+  return [{s: (float(config.regularizer[s].kappa if s in config.regularizer else 1.0),
+               float(g)) for s in temporal} for g in config.gammas]
+
+
+TARGET_FIELDS = ("layer", "units", "kind")
+TARGET_OPTIONAL = ("a_hat",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """What one part of a run visualises: `units` of `layer` under `objective`.
+
+  `objective` is `config.objective` with the target's `kind` (and `a_hat`).
+  """
+
+  name: str
+  layer: str
+  units: tuple[int, ...]
+  objective: ml_collections.ConfigDict
+
+  @property
+  def kind(self) -> str:
+    return self.objective.kind
+
+
+def targets_from_config(config: ml_collections.ConfigDict,
+                        model: models.Model) -> list[Target]:
+  """The run's targets, validated before anything is optimised.
+
+  `config.targets` (a ConfigDict of named `{layer, units, kind[, a_hat]}`)
+  when non-empty, else the single target `config.layer`, `config.units`,
+  `config.objective`.
+
+  Raises:
+    ValueError: naming the target and field for a missing or unknown field,
+      an unknown layer (listing the valid ones), objective kind or unit.
+  """
+  entries = config.get("targets", None) or {}
+  if isinstance(entries, (list, tuple)):  # a list of entries: named by position and layer.
+    entries = {f"{i}_{dict(e).get('layer', '')}": e for i, e in enumerate(entries)}
+  explicit = bool(entries)
+  if not explicit:
+    entries = {config.layer: dict(layer=config.layer, units=config.units,
+                                  kind=config.objective.kind)}
+  targets = []
+  for name, entry in entries.items():
+    entry = dict(entry)
+    where = f"config.targets.{name}" if explicit else "config"
+    unknown = sorted(set(entry) - set(TARGET_FIELDS) - set(TARGET_OPTIONAL))
+    missing = [f for f in TARGET_FIELDS if f not in entry]
+    if unknown or missing:
+      raise ValueError(
+          f"{where}: " + "; ".join(
+              ([f"unknown field(s) {unknown}"] if unknown else [])
+              + ([f"missing field(s) {missing}"] if missing else []))
+          + f"; valid fields: {', '.join(TARGET_FIELDS + TARGET_OPTIONAL)}")
+    layer = entry["layer"]
+    try:
+      model.spec.check_layer(layer)
+    except ValueError as e:
+      raise ValueError(f"{where}.layer: {e}") from None
+    try:
+      units = parse_units(entry["units"], model, layer)
+    except ValueError as e:
+      raise ValueError(f"{where}.units: {e}") from None
+    objective = ml_collections.ConfigDict(config.objective.to_dict())
+    objective.kind = entry["kind"]
+    if "a_hat" in entry:
+      objective.a_hat = float(entry["a_hat"])
+    if objective.kind == "class_logit" and layer != models.LOGITS:
+      raise ValueError(f"{where}: kind 'class_logit' needs layer {models.LOGITS!r}, "
+                       f"not {layer!r}")
+    try:
+      build_target(model, layer, objective)
+    except ValueError as e:
+      raise ValueError(f"{where}.kind: {e}") from None
+    targets.append(Target(str(name), layer, tuple(units), objective))
+  dirs = [_layer_dir(t.name) for t in targets]
+  if len(set(dirs)) != len(dirs):
+    raise ValueError(f"config.targets: names {dirs} collide as directory names")
+  return targets
 
 
 def _layer_dir(layer: str) -> str:
@@ -107,6 +206,23 @@ def layer_grid(results: Sequence[Result]) -> np.ndarray:
   return render.grid([[render.upscale(t, scale) for t in row] for row in rows])
 
 
+def class_ranks(model: models.Model, result: Result) -> dict[str, dict]:
+  """For class units: where each optimised input ranks its own class among all.
+
+  A sanity check of a class visualisation: rank 1 means the optimised input
+  is classified as the class it was optimised for.
+  """
+  logits = np.asarray(model(result.inputs))
+  out = {}
+  for i, unit in enumerate(result.units):
+    order = np.argsort(-logits[i])
+    rank = int(np.nonzero(order == int(unit))[0][0]) + 1
+    out[str(int(unit))] = {
+        "rank": rank, "logit": float(logits[i, int(unit)]),
+        "top3": [model.labels[j] if model.labels else int(j) for j in order[:3]]}
+  return out
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the job described by `config` and writes everything under `workdir`.
 
@@ -130,36 +246,53 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.weights:
     kwargs["weights"] = config.weights
   model = models.load(config.model, **kwargs)
-  layer = config.layer
-  model.spec.check_layer(layer)
-  units = parse_units(config.units, model, layer)
-  logging.info("model %s, layer %s (rf, stride = %s), %d units", model.name, layer,
-               model.spec.receptive_field(layer), len(units))
-  vis = Visualizer(model, layer, config)
-  summary = {"model": model.name, "seed": config.seed, "layers": {}}
-  results = []
-  t0 = time.time()
+  targets = targets_from_config(config, model)
   settings = settings_from_config(config, model.spec.streams)
-  state_dir = (os.path.join(workdir, _layer_dir(layer), "sweep_state")
-               if config.sweep.resume else None)
-  sweep_results = sweep.run_sweep(vis, sweep.host_units(units), settings, config,
-                                  state_dir, seed=config.seed)
-  for tv, result in zip(settings, sweep_results):
-    name = setting_name(tv)
-    out_dir = os.path.join(workdir, _layer_dir(layer), name)
-    result.save(os.path.join(out_dir, "result.npz"), config)
-    for i in range(len(result.units)):
-      save_unit_media(out_dir, result, config, i)
-    summary["layers"].setdefault(layer, {})[name] = {
-        "a_hat_given": result.a_hat_given,
-        "settings": {k: list(v) for k, v in result.settings.items()},
-        "activations": {str(int(u)): float(a) for u, a in
-                        zip(result.units, result.activations)},
-    }
-    results.append(result)
-  render.save_png(os.path.join(workdir, _layer_dir(layer), "grid.png"), layer_grid(results))
+  summary = {"model": model.name, "seed": config.seed, "layers": {}, "targets": {}}
+  t0 = time.time()
+  compilations = 0
+  for n, target in enumerate(targets, 1):
+    layer, units = target.layer, list(target.units)
+    logging.info("target %d/%d %r: model %s, layer %s (rf, stride = %s), %s, %d units",
+                 n, len(targets), target.name, model.name, layer,
+                 model.spec.receptive_field(layer), target.kind, len(units))
+    # The run's config with this target's objective: what the Visualizer, the
+    # sweep fingerprint and every saved file see.
+    target_config = copy.deepcopy(config)
+    target_config.objective = target.objective
+    vis = Visualizer(model, layer, target_config)
+    target_dir = os.path.join(workdir, _layer_dir(target.name))
+    state_dir = os.path.join(target_dir, "sweep_state") if config.sweep.resume else None
+    sweep_results = sweep.run_sweep(vis, sweep.host_units(units), settings, target_config,
+                                    state_dir, seed=config.seed)
+    results = []
+    class_names = ({str(u): model.labels[u] for u in units}
+                   if layer == models.LOGITS and model.labels else None)
+    for tv, result in zip(settings, sweep_results):
+      name = setting_name(tv)
+      out_dir = os.path.join(target_dir, name)
+      result.save(os.path.join(out_dir, "result.npz"), target_config)
+      for i in range(len(result.units)):
+        save_unit_media(out_dir, result, target_config, i)
+      entry = {
+          "layer": layer,
+          "kind": target.kind,
+          "a_hat_given": result.a_hat_given,
+          "settings": {k: list(v) for k, v in result.settings.items()},
+          "activations": {str(int(u)): float(a) for u, a in
+                          zip(result.units, result.activations)},
+      }
+      if class_names is not None:
+        entry["class_ranks"] = class_ranks(model, result)
+      summary["layers"].setdefault(target.name, {})[name] = entry
+      results.append(result)
+    summary["targets"][target.name] = {
+        "layer": layer, "kind": target.kind, "units": units,
+        **({"class_names": class_names} if class_names is not None else {})}
+    render.save_png(os.path.join(target_dir, "grid.png"), layer_grid(results))
+    compilations += vis.trace_count
   summary["seconds"] = round(time.time() - t0, 2)
-  summary["compilations"] = vis.trace_count
+  summary["compilations"] = compilations
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   gallery.build(workdir)
