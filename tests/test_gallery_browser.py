@@ -159,6 +159,11 @@ def test_layer_page_plays_everything_and_switches_setting(browser, run_dir, tmp_
   browser.refresh()
   state = _wait_loaded(browser)
   assert all("/kappa1_gamma10/" in m["src"] for m in state["vids"])
+  # "[" steps back to the previous setting.
+  browser.find_element("css selector", "body").send_keys("[")
+  state = _wait_loaded(browser)
+  assert all("/kappa1_gamma0/" in m["src"] for m in state["vids"])
+  assert browser.execute_script("return location.hash") == "#setting=kappa1_gamma0"
 
 
 def test_unit_and_index_pages_load_all_media(browser, run_dir, tmp_path):
