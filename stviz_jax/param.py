@@ -15,10 +15,12 @@ so `||z(i,j,k,:)|| <= 1` is the paper's constraint). Four choices, each a
   max(T, H, W) and n normalising s so that white-noise theta gives unit
   per-channel pixel variance (so the learning rate keeps its pixel meaning).
   F is the orthonormal real FFT over the three axes. decay = 1 is Lucid's
-  1/f image spectrum extended to space-time.
+  1/f image spectrum extended to space-time. Like Lucid's, theta stores the
+  k_x = 0 (and W/2) planes twice (a bin and its conjugate); irfftn keeps
+  their Hermitian part, so the map is exactly s * theta for 0 < k_x < W/2.
 * `maco(shape, rms, magnitude, decay)`: Fel et al., "Unlocking Feature
   Visualization for Deeper Networks with MAgnitude Constrained Optimization"
-  (NeurIPS 2023): theta is the phase only, z = F^{-1}[M exp(i theta)] with a
+  (NeurIPS 2023): theta is the phase only, z = F^{-1}[M exp(i pi theta)] with a
   fixed magnitude spectrum M (given, e.g. averaged over natural clips, or the
   1/f law), rescaled so a random-phase clip has per-pixel RMS norm `rms`.
 * `decorrelated(base, matrix)`: wraps a base parameterisation of an RGB
@@ -186,8 +188,10 @@ def maco(shape: Sequence[int], rms: float, magnitude: np.ndarray | None = None,
     decay: exponent of the default 1/f^decay magnitude.
 
   Returns:
-    A `Param` whose theta is the phase, `(T, H, W//2+1, C)`; `from_pixels`
-    returns the phase of a clip (exact only for clips with this magnitude).
+    A `Param` whose theta is the phase in units of pi, `(T, H, W//2+1, C)`
+    (so an Adam step of the usual learning rate, ~0.05, turns a phase by
+    ~0.16 rad, and 60 steps can reach any phase); `from_pixels` returns the
+    phase of a clip (exact only for clips with this magnitude).
   """
   shape = tuple(shape)
   rfft_shape = (shape[0], shape[1], shape[2] // 2 + 1)
@@ -202,10 +206,10 @@ def maco(shape: Sequence[int], rms: float, magnitude: np.ndarray | None = None,
   phase_shape = rfft_shape + (shape[3],)
 
   def unclipped(theta, mag):
-    return _irfft3(mag * jnp.exp(1j * theta), shape)
+    return _irfft3(mag * jnp.exp(1j * np.pi * theta), shape)
 
   # Calibrate the magnitude on a fixed random phase (deterministic, no data).
-  probe = jax.random.uniform(jax.random.PRNGKey(0), phase_shape, minval=-np.pi, maxval=np.pi)
+  probe = jax.random.uniform(jax.random.PRNGKey(0), phase_shape, minval=-1.0, maxval=1.0)
   mag = jnp.asarray(magnitude)
   mag = mag * (rms / _rms_norm(unclipped(probe, mag)))
 
@@ -214,10 +218,10 @@ def maco(shape: Sequence[int], rms: float, magnitude: np.ndarray | None = None,
 
   def init(key, rms_unused):
     del rms_unused  # the energy is fixed by the magnitude.
-    return jax.random.uniform(key, phase_shape, minval=-np.pi, maxval=np.pi)
+    return jax.random.uniform(key, phase_shape, minval=-1.0, maxval=1.0)
 
   def from_pixels(z):
-    return jnp.angle(_rfft3(z)).astype(jnp.float32)
+    return (jnp.angle(_rfft3(z)) / np.pi).astype(jnp.float32)
 
   return Param("maco", shape, init, to_pixels, lambda t: t, from_pixels)
 
