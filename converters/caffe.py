@@ -548,9 +548,9 @@ def _op_for(layer: Layer, in_shapes, where):
     n = len(x) - 2
     if n not in (2, 3):
       raise CaffeError(f"{where}: input of shape {x} is neither 4-D nor 5-D")
-    if t == "Convolution3D" or n == 3 and (p.has("kernel_depth") or n == 3):
-      if n != 3:
-        raise CaffeError(f"{where}: 3-D convolution on a 4-D input {x}")
+    if t == "Convolution3D" and n != 3:
+      raise CaffeError(f"{where}: 3-D convolution on a 4-D input {x}")
+    if n == 3:  # C3D's kernel_depth/temporal_* or BVLC's N-D repeated fields
       if p.has("kernel_depth"):
         k = [int(p.get("kernel_depth"))] + _spatial(p, "kernel_size", 2, None)
         pad = [int(p.get("temporal_pad", 0))] + _spatial(p, "pad", 2, 0)
@@ -590,7 +590,7 @@ def _op_for(layer: Layer, in_shapes, where):
       k = [int(p.get("kernel_depth"))] + _spatial(p, "kernel_size", 2, None)
       pad = [int(p.get("temporal_pad", 0))] + _spatial(p, "pad", 2, 0)
       stride = [int(p.get("temporal_stride", 1))] + _spatial(p, "stride", 2, 1)
-    elif n == 3 and t == "Pooling":  # BVLC ND pooling does not exist: pool per frame
+    elif n == 3 and t == "Pooling":  # BVLC Pooling is 2-D only; C3D uses Pooling3D
       raise CaffeError(f"{where}: 2-D Pooling on a 5-D input {x}")
     else:
       k = _spatial(p, "kernel_size", n, None)
@@ -831,7 +831,6 @@ class CaffeNet(nn.Module):
       scale, shift = _Weights((("scale", (c,)), ("shift", (c,))), name=op.params)()
       return [x * scale + shift]
     if k == "pool":
-      n = len(a["kernel"])
       win = (1,) + tuple(a["kernel"]) + (1,)
       strides = (1,) + tuple(a["stride"]) + (1,)
       pads = [(0, 0)]
@@ -846,7 +845,6 @@ class CaffeNet(nn.Module):
       if a["method"] == "AVE":
         div = _avg_divisor(a["size"], a["kernel"], a["stride"], a["pad"], a["out"])
         y = y / jnp.asarray(div)[..., None]
-      del n
       return [y]
     if k == "relu":
       if a["slope"]:
