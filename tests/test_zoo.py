@@ -506,6 +506,15 @@ def test_weights_round_trip_folds_unfolded_checkpoints(tmp_path):
     netgraph.build(graph, weights=folded_path, folded=False)
   with pytest.raises(ValueError, match="not 'st_resnet50'"):
     netgraph.build(_small_bn_graph("st_resnet50"), weights=folded_path)
+  bad = jax.tree.map(np.asarray, loaded.variables)
+  bad["params"]["fc"]["kernel"] = bad["params"]["fc"]["kernel"][:, :2]
+  bad["params"]["extra"] = {"kernel": np.zeros(3)}
+  bad_path = str(tmp_path / "bad")
+  checkpoint.save(bad_path, bad, {"architecture": "c3d"})
+  with pytest.raises(ValueError, match=r"2 tensor\(s\) do not fit: unexpected "
+                     r"params/extra/kernel \(3,\); params/fc/kernel: shape \(6, 2\), "
+                     r"expected \(6, 3\)"):
+    netgraph.build(graph, weights=bad_path)
   with pytest.raises(ValueError, match="need width=1.0"):
     models.load("tsn_bn_inception", weights=folded_path, width=0.5)
 

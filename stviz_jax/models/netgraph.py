@@ -495,6 +495,7 @@ def build(graph: Graph, *, folded: bool = True, seed: int = 0,
     elif pairs and not has_bn and not folded:
       raise ValueError(f"{weights}: weights for {graph.name!r} have batch norm "
                        "folded already; load them with folded=True")
+    _check_tree(weights, variables, graph.shapes(folded)[0])
   else:
     variables = init_variables(graph, seed)
     if pairs:
@@ -504,6 +505,25 @@ def build(graph: Graph, *, folded: bool = True, seed: int = 0,
   return base.wrap(graph.module(folded), variables, graph.streams,
                    layers=tuple(graph.taps) + (base.LOGITS,), name=graph.name,
                    labels=labels)
+
+
+def _check_tree(path: str, variables, expected) -> None:
+  """Raises naming the tensors whose names or shapes differ from the graph's."""
+  def flat(tree, shape):
+    leaves = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: isinstance(x, tuple))[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in p): shape(v)
+            for p, v in leaves}
+
+  got = flat(variables, lambda v: tuple(np.shape(v)))
+  want = flat(expected, tuple)  # `Graph.shapes` leaves are shapes already
+  problems = [f"missing {k} {want[k]}" for k in sorted(set(want) - set(got))]
+  problems += [f"unexpected {k} {got[k]}" for k in sorted(set(got) - set(want))]
+  problems += [f"{k}: shape {got[k]}, expected {want[k]}"
+               for k in sorted(set(got) & set(want)) if got[k] != want[k]]
+  if problems:
+    raise ValueError(f"{path}: {len(problems)} tensor(s) do not fit: "
+                     + "; ".join(problems[:8]) + ("; ..." if len(problems) > 8 else ""))
 
 
 def ucf101_labels() -> tuple[str, ...]:
