@@ -720,3 +720,23 @@ def test_tsn_caffe_releases_into_zoo(fixtures_dir, tmp_path, arch, rel, tower, t
   assert relerr(np.asarray(z[f"flow/{tap}"]).reshape(d[direct_tap].shape), d[direct_tap]) < 1e-4
   weight = 1.5  # TSN's flow weight in the zoo's late fusion
   assert relerr(np.asarray(z["logits"]) / weight, d["logits"]) < 1e-4
+
+
+def test_converted_lenet_is_a_working_stviz_model(fixtures_dir):
+  """Measured receptive fields match the Caffe arithmetic, and the visualiser
+  raises the chosen digit's score on the converted net."""
+  import stviz_jax
+  model = caffe.load(*(str(fixtures_dir / p) for p in LENETS[0]), value_range=(0.0, 1.0))
+  # conv1 5x5 -> 5; pool 2/2 -> 6, stride 2; conv2 5x5 -> 6 + 4*2 = 14; pool2 -> 16, stride 4.
+  assert model.spec.receptive_field("conv2") == (14, 2)
+  assert model.spec.receptive_field("pool2") == (16, 4)
+  config = stviz_jax.default_config()
+  config.steps = 60
+  config.jitter = False  # plain gradient ascent within the bound B
+  config.regularizer.energy_weight = config.regularizer.tv_weight = 0.0
+  result = stviz_jax.visualize(model, "ip2", [3, 7], config, seed=0)
+  x = result.inputs["input"]
+  assert x.shape == (2, 1, 28, 28, 1)
+  act = result.history["activation"]
+  assert np.all(act[:, -1] > 20 * np.abs(act[:, 0]))
+  np.testing.assert_array_equal(np.argmax(model({"input": x}), -1), [3, 7])
