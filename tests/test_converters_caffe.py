@@ -8,6 +8,7 @@ independently of the converter's channels-last Flax code.
 import collections
 import glob
 import os
+import pathlib
 import re
 import struct
 
@@ -221,8 +222,13 @@ def test_lenet_matches_numpy_reference_and_v1_shapes(fixtures_dir):
     assert relerr(to_nchw(acts[name]), ref) < 1e-5, name
 
 
-def test_cifar10_full_with_lrn_matches_numpy_reference(fixtures_dir):
-  d = fixtures_dir / "cifar10_full_caffe_v1_everpeace"
+# BSD-licensed copy of fixtures/cifar10_full_caffe_v1_everpeace (see its SOURCE.md),
+# so this real-file test runs without the shared fixtures folder.
+CIFAR_DIR = pathlib.Path(__file__).parent / "data" / "caffe_cifar10_full"
+
+
+def test_cifar10_full_with_lrn_matches_numpy_reference():
+  d = CIFAR_DIR
   model = caffe.load(str(d / "cifar10_full.prototxt"), str(d / "cifar10_full_iter_70000.caffemodel"))
   blobs = caffe.read_caffemodel(str(d / "cifar10_full_iter_70000.caffemodel"))
   w = {n: [b.data for b in l.blobs] for n, l in blobs.items() if l.blobs}
