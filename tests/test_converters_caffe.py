@@ -10,14 +10,13 @@ import glob
 import os
 import pathlib
 import re
-import struct
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from converters import caffe, common, prototxt, wire
+from converters import caffe, common, prototxt
 
 # ---------------------------------------------------------------------------
 # NumPy reference in Caffe layout.
