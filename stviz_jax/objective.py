@@ -69,8 +69,9 @@ class Objective:
     return self + (-1.0) * other
 
   def __mul__(self, scale: float) -> "Objective":
+    label = f"{scale:g}" if isinstance(scale, (int, float)) else "w"  # w: traced.
     return Objective(lambda a, u: scale * self(a, u), self.layers,
-                     f"{scale:g} * {self.name}", lambda a, u: scale * self.batched(a, u))
+                     f"{label} * {self.name}", lambda a, u: scale * self.batched(a, u))
 
   __rmul__ = __mul__
 

@@ -307,6 +307,11 @@ class Visualizer:
 
   # --- the public loop ---------------------------------------------------------
 
+  def run_diverse(self, unit: int, samples: int, seed: int = 0, weight: float | None = None,
+                  tv: Mapping[str, tuple[float, float]] | None = None) -> "Result":
+    """K = `samples` results for one unit pushed apart by Gram diversity (`run_diverse`)."""
+    return run_diverse(self, unit, samples, seed, weight, tv)
+
   def settings(self, tv: Mapping[str, tuple[float, float]] | None = None
                ) -> dict[str, tuple[float, float]]:
     """The config's `{stream: (kappa, gamma)}` updated with `tv` (validated)."""
@@ -428,7 +433,12 @@ def run_diverse(vis: "Visualizer", unit: int, samples: int, seed: int = 0,
   with `objective.diversity` (Lucid's Gram-matrix dissimilarity) of the
   layer `config.objective.diversity_layer` (default: the visualised one).
   Each sample keeps its own noise, transforms and Adam moments; w = 0 gives
-  K independent runs.
+  K independent runs. The diversity term lies in [-(K-1), K-1], while the
+  target is in the units of `objective.channel` (a sum over positions / rho^2),
+  so w must be of the order of one sample's target to matter: on the
+  hand-built flow unit (target ~1e4) w = 3e3 fans K = 4 results out to
+  right-up and right-down motions at ~85% of the target each.
+  The per-sample compiled function is reused for any weight (w is traced).
 
   Args:
     vis: a `Visualizer` (its parameterisation, transforms and target are used).
