@@ -133,15 +133,25 @@ def measure_inputs(inputs: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
   for stream, x in inputs.items():
     x = jnp.asarray(x)
     if x.shape[-1] == 3:
-      out[f"{stream}_hue"] = jax.vmap(dominant_hue)(x)
+      out[f"{stream}_hue"] = _per_unit(dominant_hue)(x)
     elif x.shape[-1] == 2:
-      out[f"{stream}_direction"] = jax.vmap(flow_direction)(x)
-      out[f"{stream}_magnitude"] = jax.vmap(flow_magnitude)(x)
-      out[f"{stream}_speed"] = jax.vmap(mean_speed)(x)
-      out[f"{stream}_coherence"] = jax.vmap(direction_coherence)(x)
+      out[f"{stream}_direction"] = _per_unit(flow_direction)(x)
+      out[f"{stream}_magnitude"] = _per_unit(flow_magnitude)(x)
+      out[f"{stream}_speed"] = _per_unit(mean_speed)(x)
+      out[f"{stream}_coherence"] = _per_unit(direction_coherence)(x)
       if x.ndim == 5 and x.shape[1] >= 2:
-        out[f"{stream}_temporal_variation"] = jax.vmap(temporal_variation)(x)
+        out[f"{stream}_temporal_variation"] = _per_unit(temporal_variation)(x)
   return {k: np.asarray(v) for k, v in out.items()}
+
+
+_PER_UNIT = {}
+
+
+def _per_unit(fn):
+  # One compiled vmap per measurement (jit caches per input shape).
+  if fn not in _PER_UNIT:
+    _PER_UNIT[fn] = jax.jit(jax.vmap(fn))
+  return _PER_UNIT[fn]
 
 
 def measure(result) -> dict[str, np.ndarray]:

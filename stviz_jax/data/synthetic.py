@@ -306,17 +306,20 @@ def make_clip(motion: MotionClass, seed: int = 0, spec: ClipSpec = ClipSpec(),
   spec = with_palette(spec, tuple(classes) or (motion,))
   rgb, direction, speed = (jnp.asarray(v, jnp.float32) for v in
                            (motion.rgb, motion.direction, motion.speed))
-  return jax.tree.map(np.asarray, jax.jit(render_clip, static_argnums=4)(
-      jax.random.PRNGKey(seed), rgb, direction, speed, spec))
+  return jax.tree.map(np.asarray, _render_clip_jit(jax.random.PRNGKey(seed), rgb,
+                                                   direction, speed, spec))
+
+
+_render_clip_jit = jax.jit(render_clip, static_argnums=4)
+_sample_batch_jit = jax.jit(sample_batch, static_argnums=(1, 2, 3))
 
 
 def dataset(classes: Sequence[MotionClass], size: int, seed: int,
             spec: ClipSpec = ClipSpec(), batch: int = 256
             ) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """A fixed set of `size` examples (e.g. the test set), deterministic in `seed`."""
-  draw = jax.jit(sample_batch, static_argnums=(1, 2, 3))
   key = jax.random.PRNGKey(seed)
-  parts = [draw(jax.random.fold_in(key, i), tuple(classes), batch, spec)
+  parts = [_sample_batch_jit(jax.random.fold_in(key, i), tuple(classes), batch, spec)
            for i in range(-(-size // batch))]
   inputs = {k: np.concatenate([np.asarray(p[0][k]) for p in parts])[:size]
             for k in parts[0][0]}
