@@ -37,6 +37,7 @@ from typing import Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from stviz_jax.models import base, checkpoint, layers, registry
 
@@ -341,9 +342,10 @@ def build(streams: Sequence[str] = ("rgb",), frames: int = 16, size: int = 224,
   else:
     module, adapt = TwoStreamI3D(streams, num_classes, folded), None
   if variables is None:
-    dummy = {s: jnp.zeros((1,) + sp.shape) for s, sp in specs.items()}
-    variables = jax.jit(lambda k, x: module.init(k, adapt(x) if adapt else x))(
-        jax.random.PRNGKey(seed), dummy)
+    dummy = {s: jax.ShapeDtypeStruct((1,) + sp.shape, jnp.float32) for s, sp in specs.items()}
+    shapes = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0),
+                                                  adapt(x) if adapt else x), dummy)
+    variables = random_variables(shapes, seed)
   names = layer_names(streams)
   dummy = {s: jax.ShapeDtypeStruct((1,) + sp.shape, jnp.float32) for s, sp in specs.items()}
   logits, taps = jax.eval_shape(
@@ -353,6 +355,26 @@ def build(streams: Sequence[str] = ("rgb",), frames: int = 16, size: int = 224,
   return base.wrap(module, variables, specs, layers=names, name=name, labels=labels,
                    adapt_inputs=adapt,
                    geometry=geometry(frames, size, streams, shapes))
+
+
+def random_variables(shapes, seed: int = 0):
+  """He-normal kernels, zero biases, unit batch-norm variance, drawn with NumPy.
+
+  Drawing from the shapes alone avoids compiling `module.init` for a
+  57-convolution network (a minute on a small CPU).
+  """
+  rng = np.random.default_rng(seed)
+
+  def init(path, leaf):
+    name = getattr(path[-1], "key", str(path[-1]))
+    if name == "kernel":
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      return rng.normal(0.0, np.sqrt(2.0 / fan_in), leaf.shape).astype(np.float32)
+    if name == "var":
+      return np.ones(leaf.shape, np.float32)
+    return np.zeros(leaf.shape, np.float32)
+
+  return jax.tree_util.tree_map_with_path(init, shapes)
 
 
 def kinetics400_labels() -> tuple[str, ...]:
