@@ -411,3 +411,18 @@ def test_piergiaj_i3d_matches_torch(tmp_path):
   torch.save(sd, path)
   with pytest.raises(common.ConversionError, match=r"unexpected 3: Mixed_4c\.b2a\.bn\.bias"):
     pytorch.convert(path, "piergiaj_i3d", target=target, **kw)
+
+
+class _NotATensor:
+  """Any pickled object: `weights_only=True` must refuse to build it."""
+
+  def __reduce__(self):
+    return (print, ("this must never run",))
+
+
+def test_pickled_objects_are_refused(tmp_path, capsys):
+  path = str(tmp_path / "evil.pth")
+  torch.save({"w": torch.zeros(2), "x": _NotATensor()}, path)
+  with pytest.raises(pytorch.PyTorchError, match=r"evil\.pth: not a readable PyTorch weights file"):
+    pytorch.load_state_dict(path)
+  assert "this must never run" not in capsys.readouterr().out
