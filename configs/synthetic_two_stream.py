@@ -62,6 +62,8 @@ def get_config(arg=None):
       test_seed=12345,   # the test clips are never drawn during training.
       log_every=100,
       claims=True,       # after training, visualise every class and measure.
+      save_every=0,      # > 0: checkpoints/step_NNNNNN.npz every this many steps
+                         # (filter evolution: python -m stviz_jax.evolution).
   ))
   if arg == "quick":
     config.steps = 20

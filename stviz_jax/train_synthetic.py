@@ -51,11 +51,13 @@ def clip_spec_from_config(data: ml_collections.ConfigDict) -> synthetic.ClipSpec
                             speed_jitter=data.speed_jitter)
 
 
-def train(config: ml_collections.ConfigDict):
+def train(config: ml_collections.ConfigDict, snapshot=None):
   """Trains from random init; returns `(model, metrics)`.
 
   Loss: softmax cross-entropy of the logits, optimised with AdamW and a
-  cosine-decayed learning rate.
+  cosine-decayed learning rate. With `config.train.save_every > 0`,
+  `snapshot(step, params)` is called every that many steps (the training
+  checkpoints `stviz_jax.evolution` follows units through).
   """
   tc = config.train
   classes = classes_from_config(config.data)
@@ -87,6 +89,8 @@ def train(config: ml_collections.ConfigDict):
   t0 = time.time()
   for i in range(tc.steps):
     params, opt_state, loss, acc = step(params, opt_state, jax.random.fold_in(key, i))
+    if snapshot is not None and tc.get("save_every") and (i + 1) % tc.save_every == 0:
+      snapshot(i + 1, params)
     if (i + 1) % tc.log_every == 0 or i + 1 == tc.steps:
       loss, acc = float(loss), float(acc)
       if not np.isfinite(loss):
@@ -160,9 +164,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, install: bool = False) 
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=2))
-  model, metrics = train(config)
   classes = classes_from_config(config.data)
   spec = clip_spec_from_config(config.data)
+
+  def snapshot(step, params):  # checkpoints/step_000050.npz, loadable as weights=.
+    zoo_model.save_npz(
+        os.path.join(workdir, "checkpoints", f"step_{step:06d}.npz"), {"params": params},
+        {"architecture": zoo_model.ARCHITECTURE, "labels": [c.name for c in classes],
+         "width": config.train.width, "clip": {"frames": spec.frames, "size": spec.size},
+         "train_step": step, "source": "python -m stviz_jax.train_synthetic"})
+
+  model, metrics = train(config, snapshot)
   logging.info("test accuracy %.4f on %d clips", metrics["test_accuracy"],
                metrics["test_size"])
   metadata = {
