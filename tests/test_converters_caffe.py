@@ -745,3 +745,35 @@ def test_converted_lenet_is_a_working_stviz_model(fixtures_dir):
   act = result.history["activation"]
   assert np.all(act[:, -1] > 20 * np.abs(act[:, 0]))
   np.testing.assert_array_equal(np.argmax(model({"input": x}), -1), [3, 7])
+
+
+@pytest.mark.slow  # full-size BN-Inception: a 40 MB caffemodel and checkpoint
+def test_cli_into_zoo_loads_with_models_load(fixtures_dir, tmp_path):
+  """`python -m converters.caffe --architecture` writes weights that
+  `stviz_jax.models.load(name, weights=...)` reads: the real TSN flow deploy
+  prototxt at full size, random weights, same logits as the Caffe graph."""
+  from stviz_jax import models
+  proto = str(fixtures_dir / "tsn_bn_inception_caffe/hmdb51/tsn_bn_inception_flow_deploy.prototxt")
+  g = caffe.build(proto)
+  rs = np.random.RandomState(0)
+  layers = []
+  for op in g.ops:
+    a = dict(op.attrs)
+    if op.kind not in ("conv", "dense"):
+      continue
+    shape = ((a["cout"], a["cin"]) + tuple(a["kernel"]) if op.kind == "conv"
+             else (a["cout"], int(np.prod(a["cin_shape"]))))
+    layers.append((op.name, "X", [rs.randn(*shape).astype(np.float32) * np.sqrt(2 / np.prod(shape[1:])),
+                                  0.1 * rs.randn(shape[0])]))
+    for bn, _ in a.get("folded", ()):
+      c = shape[0]
+      layers.append((bn, "BN", [rs.uniform(0.5, 1.5, (1, c)), 0.1 * rs.randn(1, c),
+                                0.1 * rs.randn(1, c), rs.uniform(0.5, 2, (1, c))]))
+  weights = write(tmp_path, "flow.caffemodel", caffemodel_bytes(layers))
+  out = str(tmp_path / "tsn")
+  assert caffe.main([out, "--architecture", "tsn_bn_inception", "--part", "flow", proto, weights,
+                     "--arg", 'streams=["flow"]', "--arg", "num_classes=51"]) == 0
+  zoo = models.load("tsn_bn_inception", weights=out, streams=("flow",), num_classes=51)
+  direct = caffe.load(proto, weights, stream="flow")
+  x = rs.uniform(-20, 20, (1, 5, 224, 224, 2)).astype(np.float32)
+  assert relerr(np.asarray(zoo({"flow": x})) / 1.5, direct({"flow": x})) < 1e-4
