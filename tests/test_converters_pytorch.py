@@ -386,7 +386,6 @@ def piergiaj_i3d(num_classes=10, in_channels=3):
   return net
 
 
-@pytest.mark.slow  # the zoo's I3D builds its random weights op by op (~30 s of CPU)
 def test_piergiaj_i3d_matches_torch(tmp_path):
   from stviz_jax.models import registry
   net = piergiaj_i3d()
