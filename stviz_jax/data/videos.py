@@ -176,6 +176,7 @@ class VideoFolder:
     self.flow = flow_method(flow) if "flow" in streams else "none"
     self.flow_bound = float(flow_bound)
     self.cache_dir = cache_dir or os.path.join(root, ".stviz_cache")
+    self._starts: dict[str, np.ndarray] = {}
     cache = os.path.abspath(self.cache_dir)
     folders = sorted(d for d in os.listdir(root)
                      if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")
@@ -227,8 +228,9 @@ class VideoFolder:
   def describe(self, index: int) -> dict:
     """`{"video": path, "frame": first frame of the clip}` (decodes via the cache)."""
     path, _ = self.videos[index // self.clips_per_video]
-    starts = self._load(path)["starts"]
-    return {"video": path, "frame": int(starts[index % self.clips_per_video])}
+    if path not in self._starts:  # asked once per top clip: keep it off the disk.
+      self._starts[path] = self._load(path)["starts"]
+    return {"video": path, "frame": int(self._starts[path][index % self.clips_per_video])}
 
   def fingerprint(self) -> str:
     h = hashlib.sha1(json.dumps([self._key_settings(), self.class_names,
