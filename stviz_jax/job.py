@@ -197,7 +197,7 @@ def layer_grid(results: Sequence[Result]) -> np.ndarray:
   for i in range(len(results[0].units)):
     row = []
     for r in results:
-      cells = [render.stream_frames(s, x[i]) for s, x in sorted(r.inputs.items())]
+      cells = [render.stream_frames(s, r.inputs[s][i]) for s in render.display_order(r.inputs)]
       cells = [c[len(c) // 2] for c in cells]
       row.append(np.concatenate(cells, axis=1))
     rows.append(row)
