@@ -112,6 +112,42 @@ def test_clip_starts_and_split_file(root, tmp_path):
   # Two clips of 3 consecutive frames from 5 frames: starts 0 and 2.
   assert [ds.describe(i)["frame"] for i in range(4)] == [0, 2, 0, 2]
   with pytest.raises(ValueError, match="no folder for class"):
-    videos.VideoFolder(str(root), _streams(), classes=["jumping"])
+    videos.VideoFolder(str(root), _streams(), classes=["jumping"])  # none exists.
   with pytest.raises(ValueError, match="unknown flow method"):
     videos.flow_method("lucas")
+
+
+def test_statistics_over_a_video_folder_recognise_the_classes(tmp_path):
+  """Known answer end to end: synthetic clips of 3 classes written as MP4, read back
+  with TV-L1 flow, through `python -m stviz_jax.stats`'s run on the shipped
+  synthetic model: class unit c fires most for the clips of class c."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  from stviz_jax import stats  # pylint: disable=import-outside-toplevel
+  classes = synthetic.grid_classes()
+  shown = [0, 7, 10]  # red right, green up, blue left.
+  root = tmp_path / "videos"
+  for c in shown:
+    for seed in range(2):
+      clip = synthetic.make_clip(classes[c], seed=seed, spec=synthetic.ClipSpec(),
+                                 classes=classes)
+      d = root / classes[c].name.replace(" ", "_")
+      os.makedirs(d, exist_ok=True)
+      imageio.mimwrite(d / f"v{seed}.mp4", np.round(clip["video"] * 255).astype(np.uint8),
+                       fps=8, quality=10, macro_block_size=16)
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic_stats.py")
+  spec = importlib.util.spec_from_file_location("synthetic_stats_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("videos")
+  config.dataset.root = str(root)
+  config.dataset.classes = ",".join(c.name.replace(" ", "_") for c in classes)  # label order.
+  config.stats.layers, config.stats.batch_size, config.stats.top_k = "logits", 4, 2
+  config.stats.thumbnails = False
+  out = tmp_path / "out"
+  result = stats.run(config, str(out)).layers["logits"]
+  np.testing.assert_array_equal(result["top_labels"][shown], np.repeat([shown], 2, 0).T)
+  per_class = result["per_class_max"][shown][:, shown]
+  assert (np.argmax(per_class, 1) == np.arange(3)).all()
+  assert np.isnan(result["per_class_max"][:, 1]).all()  # no 'red down' videos.
+  saved = np.load(out / "stats.npz")
+  assert str(saved["logits/top_videos"][0, 0]).endswith(".mp4")

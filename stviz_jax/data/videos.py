@@ -183,12 +183,16 @@ class VideoFolder:
                      and os.path.abspath(os.path.join(root, d)) != cache)
     self.class_names = tuple(classes) or tuple(folders)
     missing = [c for c in self.class_names if c not in folders]
-    if missing:
+    if len(missing) == len(self.class_names):
       raise ValueError(f"{root}: no folder for class(es) {missing}; folders: {folders}")
+    if missing:  # e.g. the model's full label list over a subset of classes.
+      logging.warning("%s: no folder for class(es) %s; they get no clips", root, missing)
     wanted = _read_split(split_file) if split_file else None
     self.videos: list[tuple[str, int]] = []
     for label, name in enumerate(self.class_names):
       d = os.path.join(root, name)
+      if name in missing:
+        continue
       for entry in sorted(os.listdir(d)):
         p = os.path.join(d, entry)
         is_video = os.path.isfile(p) and entry.lower().endswith(VIDEO_EXTENSIONS)
