@@ -169,7 +169,13 @@ def test_training_loop_smoke(tmp_path):
   config = _config("quick")
   config.train.steps = 12
   config.train.learning_rate = 1e-2
+  config.train.claims = True
   metrics = train_synthetic.run(config, str(tmp_path))
+  claims = json.loads((tmp_path / "claims.json").read_text())
+  assert sorted(claims["by_gamma"]) == ["0", "10"]
+  for c in claims["by_gamma"].values():
+    assert len(c["direction_error"]) == len(c["hue_error"]) == 12
+    assert max(c["direction_error"]) == c["max_direction_error"] <= 180
   assert metrics["curve"][-1]["loss"] < np.log(12)  # chance level is log(classes).
   assert np.sum(metrics["confusion"]) == config.train.test_size
   saved = json.loads((tmp_path / "metrics.json").read_text())
