@@ -254,8 +254,9 @@ class Visualizer:
     return {s: self.params[s].to_pixels(z[s]) * self.weights[s].bound for s in self.streams}
 
   def _fit(self, x) -> dict[str, jax.Array]:
-    spec = next(iter(self.streams.values()))
-    return transforms_lib.center_crop(x, spec.height, spec.width)
+    """Each stream's centre at its model size (a no-op when the margins match)."""
+    return {s: transforms_lib.center_crop({s: v}, self.streams[s].height,
+                                          self.streams[s].width)[s] for s, v in x.items()}
 
   def _transformed(self, z, key) -> dict[str, jax.Array]:
     """The per-step input: the transforms (keyed by `key`) of the canvas."""
