@@ -26,7 +26,8 @@ so `||z(i,j,k,:)|| <= 1` is the paper's constraint). Four choices, each a
 * `decorrelated(base, matrix)`: wraps a base parameterisation of an RGB
   stream: z = base(theta) @ M^T with M the square root of the colour
   covariance (Lucid's `color_correlation_svd_sqrt` for ImageNet by default,
-  or one estimated from data with `colour_matrix_from_covariance`), so each
+  or one estimated from data: `colour_covariance` of a set of clips, then
+  `colour_matrix_from_covariance`), so each
   optimised channel moves along a decorrelated colour axis.
 
 The bound B is kept in pixel space for every choice (see `Param.project`):
@@ -224,6 +225,17 @@ def maco(shape: Sequence[int], rms: float, magnitude: np.ndarray | None = None,
     return (jnp.angle(_rfft3(z)) / np.pi).astype(jnp.float32)
 
   return Param("maco", shape, init, to_pixels, lambda t: t, from_pixels)
+
+
+def colour_covariance(rgb) -> np.ndarray:
+  """The 3x3 covariance of the pixel colours of `rgb` (`(..., 3)`, e.g. a batch of clips).
+
+  Put it in `config.param.colour_covariance` (flattened) with `param.colour = 'data'`.
+  """
+  flat = np.asarray(rgb, np.float64).reshape(-1, 3)
+  if flat.shape[0] < 2:
+    raise ValueError(f"colour_covariance needs at least 2 pixels, got {flat.shape[0]}")
+  return np.cov(flat, rowvar=False)
 
 
 def colour_matrix_from_covariance(cov: np.ndarray) -> np.ndarray:

@@ -88,6 +88,10 @@ def test_colour_matrix_from_data_is_a_square_root_of_the_covariance():
   assert np.linalg.norm(m, axis=0).max() == pytest.approx(1.0, rel=1e-6)
   with pytest.raises(ValueError, match="symmetric 3x3"):
     param.colour_matrix_from_covariance(np.eye(2))
+  # Estimated from pixels: colours z A^T with white z have covariance A A^T.
+  z = np.random.default_rng(0).standard_normal((20000, 3))
+  est = param.colour_covariance((z @ a.T).reshape(10, 2, 1000, 3))
+  np.testing.assert_allclose(est, cov, atol=0.03)
 
 
 def test_maco_keeps_the_magnitude_and_optimises_the_phase():
