@@ -79,7 +79,7 @@ def test_shipped_model_classifies_fresh_clips(model, classes):
   # Clips from a seed used neither in training nor in the training script's test set.
   meta = _metadata(model)
   spec = synthetic.ClipSpec(**{k: v for k, v in meta["clip"].items()})
-  inputs, labels = synthetic.dataset(classes, 384, seed=2024, spec=spec, batch=128)
+  inputs, labels = synthetic.dataset(classes, 256, seed=2024, spec=spec, batch=128)
   pred = np.argmax(np.asarray(model(inputs)), -1)
   assert np.mean(pred == labels) > 0.95
   assert meta["test_accuracy"] > 0.95

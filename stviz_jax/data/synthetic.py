@@ -318,6 +318,7 @@ def dataset(classes: Sequence[MotionClass], size: int, seed: int,
             spec: ClipSpec = ClipSpec(), batch: int = 256
             ) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """A fixed set of `size` examples (e.g. the test set), deterministic in `seed`."""
+  batch = min(batch, size)
   key = jax.random.PRNGKey(seed)
   parts = [_sample_batch_jit(jax.random.fold_in(key, i), tuple(classes), batch, spec)
            for i in range(-(-size // batch))]
