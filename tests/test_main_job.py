@@ -30,7 +30,7 @@ TINY = ["--config.model_overrides.size=8", "--config.model_overrides.frames=2",
         "--config.steps=2", "--config.gammas=(0.0, 10.0)"]
 
 
-def _check_target(workdir, target, layer, units, settings, streams):
+def _check_target(workdir, target, layer, units, settings, streams, steps=2):
   summary = json.load(open(os.path.join(workdir, "summary.json")))
   assert summary["targets"][target]["layer"] == layer
   assert summary["targets"][target]["units"] == units
@@ -49,7 +49,7 @@ def _check_target(workdir, target, layer, units, settings, streams):
     for i, u in enumerate(units):
       unit = np.load(os.path.join(d, f"unit_{u:04d}.npz"))
       assert float(unit["activation"]) == pytest.approx(entry["activations"][str(u)])
-      assert int(unit["seed"]) == 0 and json.loads(str(unit["config"]))["steps"] == 2
+      assert int(unit["seed"]) == 0 and json.loads(str(unit["config"]))["steps"] == steps
       for stream, (t, h, w, c) in streams.items():
         x = unit[f"inputs_{stream}"]
         assert x.shape == (t, h, w, c)
@@ -144,8 +144,8 @@ def test_i3d_kinetics400_quick_run(tmp_path):
   assert res.returncode == 0, res.stderr[-3000:]
   settings = ["kappa1_gamma0", "kappa1_gamma1", "kappa1_gamma10"]
   streams = {"rgb": (8, 32, 32, 3)}
-  _check_target(workdir, "mixed_4f", "Mixed_4f", [0], settings, streams)
-  summary = _check_target(workdir, "classes", "logits", [224], settings, streams)
+  _check_target(workdir, "mixed_4f", "Mixed_4f", [0], settings, streams, steps=3)
+  summary = _check_target(workdir, "classes", "logits", [224], settings, streams, steps=3)
   assert summary["targets"]["classes"]["class_names"] == {"224": "playing chess"}
   # gamma is applied to the RGB clip (I3D has no flow stream).
   assert summary["layers"]["classes"]["kappa1_gamma10"]["settings"]["rgb"] == [1.0, 10.0]
