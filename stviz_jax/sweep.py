@@ -45,14 +45,19 @@ def element_memory_bytes(vis: Visualizer) -> int | None:
     keys = jax.random.split(jax.random.PRNGKey(0), 1)
     tv = {s: (np.ones((1,), np.float32), np.ones((1,), np.float32)) for s in streams}
     traces = vis.trace_count
-    compiled = vis._run.lower(vis.model.variables, units, keys, tv).compile()
+    if vis.loop == "host":  # what runs is the step; its state is per element.
+      state = jax.eval_shape(vis._start_j, keys)
+      lowered = vis._step_j.lower(vis.model.variables, units, tv, state, np.int32(0))
+    else:
+      lowered = vis._run.lower(vis.model.variables, units, keys, tv)
+    compiled = lowered.compile()
     vis.trace_count = traces  # a planning trace, not a sweep compilation.
     mem = compiled.memory_analysis()
     if mem is None:
       return None
-    weights = sum(np.asarray(v).nbytes for v in jax.tree.leaves(vis.model.variables))
-    total = (mem.temp_size_in_bytes + mem.argument_size_in_bytes
-             + mem.output_size_in_bytes - weights)
+    # Temporaries and outputs (the per-element state) grow with the chunk; the
+    # weights are shared by all elements (and pruned to what the layer uses).
+    total = mem.temp_size_in_bytes + mem.output_size_in_bytes
     return max(int(total), 1)
   except Exception as e:  # memory analysis is best effort on some backends.
     logging.warning("memory analysis unavailable (%s); chunk size %d", e, _FALLBACK_CHUNK)
