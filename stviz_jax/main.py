@@ -5,6 +5,7 @@ a misspelt field fails with the list of valid ones (`lock_config=True`).
 """
 
 import logging as std_logging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -29,7 +30,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  job.run(_CONFIG.value, _WORKDIR.value)
+  try:
+    job.run(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    # Bad input (unknown layer, unit, class, file) is one clear line, not a traceback.
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

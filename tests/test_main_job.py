@@ -122,6 +122,7 @@ def test_unknown_layer_names_the_valid_layers(tmp_path):
   assert res.returncode != 0
   err = res.stderr.strip().splitlines()[-1]
   assert "unknown layer 'fusoin'" in err and "fusion" in err and "flow/conv2" in err
+  assert "Traceback" not in res.stderr  # one clear line, not a stack.
   assert not os.path.exists(tmp_path / "run" / "summary.json")
 
 

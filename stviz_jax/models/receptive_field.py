@@ -121,7 +121,10 @@ def measure(apply: Callable, variables: Any, streams: Mapping[str, Any],
   for name in ("t", "h", "w"):
     if name in probe_axis:
       nxt = extents(1 + probe_axis.index(name), base["t_stream"])[name]
-      stride[name] = max(nxt[0] - base[name][0], nxt[1] - base[name][1], 1)
+      shift = max(nxt[0] - base[name][0], nxt[1] - base[name][1])
+      if shift <= 0:  # both fields clipped to the whole input: no shift to read.
+        shift = max(1, round(full[name] / shape[axes[name]]))
+      stride[name] = shift
     elif name in axes:  # a single output location along this axis.
       stride[name] = full[name]
     else:  # the layer has no such axis (e.g. 2-D features of a clip).
