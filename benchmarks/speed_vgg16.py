@@ -130,6 +130,7 @@ def main():
   model = sv.models.load("vgg16_two_stream", streams=("rgb",), size=args.size)
   config = sv.default_config()
   config.steps = args.steps
+  config.loop = "host"  # 2-D network on CPU: see Visualizer.loop.
   if args.dtype != "float32":
     config.compute_dtype = args.dtype
   vis = sv.Visualizer(model, "rgb/conv4_3", config)

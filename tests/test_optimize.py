@@ -186,3 +186,16 @@ def test_objectives_compose():
   assert float(combo(acts, 1)) == pytest.approx(3 * 5 - 0.5 * 0.25)
   vals = jax.vmap(lambda u: combo(acts, u))(jnp.arange(3))
   assert vals.shape == (3,)
+
+
+def test_host_loop_equals_scan():
+  model = sv.models.load("tiny_two_stream", size=16, frames=3, width=8)
+  scan = sv.visualize(model, "fusion", [0, 3], _config(steps=10, loop="scan"), seed=2)
+  host = sv.visualize(model, "fusion", [0, 3], _config(steps=10, loop="host"), seed=2)
+  for s, spec in model.spec.streams.items():
+    np.testing.assert_allclose(host.inputs[s], scan.inputs[s], rtol=0,
+                               atol=2e-3 * 160 * spec.pixel_scale)
+  np.testing.assert_allclose(host.history["objective"], scan.history["objective"],
+                             rtol=1e-3, atol=1e-4)
+  with pytest.raises(ValueError, match="unknown loop 'gpu'; valid: auto, scan, host"):
+    sv.Visualizer(model, "fusion", _config(loop="gpu"))
