@@ -21,3 +21,18 @@ def fixtures_dir():
   if not FIXTURES.is_dir():
     pytest.skip(f"external fixtures folder {FIXTURES} is absent (set STVIZ_FIXTURES)")
   return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+  """The main job on the tiny model (3 units x gamma in {0, 10}, 4 steps) with
+  its gallery; shared read-only by the gallery tests."""
+  from stviz_jax import job
+  from stviz_jax.config import default_config
+  workdir = tmp_path_factory.getbasetemp() / "tiny_gallery_run"
+  config = default_config()
+  config.units = "0-2"
+  config.steps = 4
+  config.gammas = (0.0, 10.0)
+  job.run(config, str(workdir))  # builds the gallery at its end.
+  return str(workdir)

@@ -12,27 +12,10 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from stviz_jax import gallery, job, plots, render
-from stviz_jax.config import default_config
+from stviz_jax import gallery, plots, render
 from stviz_jax.optimize import Result
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  """The main job on the tiny model: 3 units x gamma in {0, 10}, 4 steps.
-
-  Shared (read-only) with the other gallery test module of this session.
-  """
-  workdir = tmp_path_factory.getbasetemp() / "tiny_gallery_run"
-  if not (workdir / "index.html").exists():
-    config = default_config()
-    config.units = "0-2"
-    config.steps = 4
-    config.gammas = (0.0, 10.0)
-    job.run(config, str(workdir))  # builds the gallery at its end.
-  return str(workdir)
 
 
 class _Links(html.parser.HTMLParser):

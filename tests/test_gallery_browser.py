@@ -15,8 +15,6 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from stviz_jax import job
-from stviz_jax.config import default_config
 
 pytestmark = pytest.mark.browser
 
@@ -55,22 +53,6 @@ def browser():
   yield drv
   drv.quit()
   shutil.rmtree(profile, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  """The main job on the tiny model: 3 units x gamma in {0, 10}, 4 steps.
-
-  Shared (read-only) with the other gallery test module of this session.
-  """
-  workdir = tmp_path_factory.getbasetemp() / "tiny_gallery_run"
-  if not (workdir / "index.html").exists():
-    config = default_config()
-    config.units = "0-2"
-    config.steps = 4
-    config.gammas = (0.0, 10.0)
-    job.run(config, str(workdir))  # builds the gallery at its end.
-  return str(workdir)
 
 
 # Every <img> decoded with a size, every <video> with a frame and no error.
