@@ -95,3 +95,9 @@ def save(output: str, variables: Any, *, source: str, architecture: str,
               "source_sha256": checkpoint.sha256(source), "format": fmt}
   metadata.update(extra)
   checkpoint.save(output, variables, metadata)
+
+
+def report_written(output: str, model, hint: str) -> None:
+  """The converter CLIs' last line: what was written and how to load it."""
+  streams = {k: v.shape for k, v in model.spec.streams.items()}
+  print(f"wrote {output}: {model.name}, streams {streams}; load it with {hint}")

@@ -832,8 +832,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (MatConvNetError, common.ConversionError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  print(f"wrote {args.output}: {model.name}, streams "
-        f"{ {k: v.shape for k, v in model.spec.streams.items()} }; load it with {hint}")
+  common.report_written(args.output, model, hint)
   return 0
 
 
