@@ -397,7 +397,7 @@ class Visualizer:
       variables = jax.device_put(variables, replicated)
     run = self._run if self.loop == "scan" else self._host_loop
     out = jax.device_get(run(variables, units, keys, tv))
-    _check_finite(out[2]["objective"], np.asarray(jax.device_get(units)), 0)
+    _check_finite(out[2]["objective"], np.asarray(jax.device_get(units)))
     return out
 
   def run(self, units: Sequence[int], seed: int = 0,
@@ -518,7 +518,7 @@ def run_diverse(vis: "Visualizer", unit: int, samples: int, seed: int = 0,
   x, act, hist = jax.device_get(vis._diverse_jit(
       vis.model.variables, jnp.int32(unit), keys, tv_arr, jnp.float32(weight)))
   obj = np.asarray(hist["objective"])[None]
-  _check_finite(obj, np.array([unit]), 0)
+  _check_finite(obj, np.array([unit]))
   return Result(layer=vis.layer, units=np.full(samples, unit, np.int32),
                 inputs={k: np.asarray(v) for k, v in x.items()},
                 activations=np.asarray(act),
@@ -528,7 +528,7 @@ def run_diverse(vis: "Visualizer", unit: int, samples: int, seed: int = 0,
                 seed=seed, settings=settings)
 
 
-def _check_finite(obj_hist: np.ndarray, units: np.ndarray, offset: int) -> None:
+def _check_finite(obj_hist: np.ndarray, units: np.ndarray) -> None:
   bad = ~np.isfinite(obj_hist)
   if bad.any():
     row = int(np.argmax(bad.any(axis=1)))
