@@ -28,7 +28,6 @@ of a sweep (units, step and kappa/gamma are traced arguments).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import tempfile
@@ -436,39 +435,92 @@ def a_hat_given(config: ml_collections.ConfigDict) -> bool:
   return bool(config.objective.get("a_hat_from")) or config.objective.a_hat not in (None, 1.0)
 
 
-def _diverse_samples(vis: "Visualizer", variables, unit, keys, tv, weight):
-  """K samples of one unit optimised jointly: sum_k E(x_k) + weight * diversity."""
-  cfg = vis.config
-  steps = cfg.steps
-  tx = optax.adam(_schedule(cfg.optimizer, steps), b1=cfg.optimizer.b1, b2=cfg.optimizer.b2)
-  k_init, k_jit = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
-  z = jax.vmap(vis._init)(k_init)
-  opt_state = tx.init(z)  # Adam is elementwise: the same as K separate optimisers.
-  layer = cfg.objective.get("diversity_layer", "") or vis.layer
-  target = vis.target + weight * objective_lib.diversity(layer)
-  terms = objective_lib.regularized_batch(vis.model.apply, target, vis.weights)
-  redirect_steps = cfg.redirect_relu_steps
+class _DiverseSamples:
+  """The compiled optimisation of `run_diverse` for one `Visualizer`.
 
-  def loss(z, step):
-    x = jax.vmap(lambda zk, kk: vis._transformed(zk, jax.random.fold_in(kk, step)))(z, k_jit)
-    if redirect_steps > 0:
-      with layers_lib.redirected_relu(step < redirect_steps):
+  K samples of one unit optimised jointly: the ascended quantity is
+  sum_k E(x_k) + w * diversity(G_1..G_K). The unit, the sample keys, kappa/gamma
+  and w are traced, so every unit and weight of a run reuses one compilation
+  (counted in `Visualizer.trace_count`). The network runs in
+  `config.compute_dtype`; `config.loop` chooses `lax.scan` or a host loop
+  over one compiled step, as for `Visualizer.run`.
+  """
+
+  def __init__(self, vis: "Visualizer"):
+    cfg = vis.config
+    self.vis = vis
+    self.tx = optax.adam(_schedule(cfg.optimizer, cfg.steps), b1=cfg.optimizer.b1,
+                         b2=cfg.optimizer.b2)
+    layer = cfg.objective.get("diversity_layer", "") or vis.layer
+    try:
+      vis.model.spec.check_layer(layer)
+    except ValueError as e:
+      raise ValueError(f"objective.diversity_layer: {e}") from None
+    self.diversity = objective_lib.diversity(layer)
+    self.apply = with_compute_dtype(vis.model.apply, cfg.get("compute_dtype", "float32"))
+    self._run_j = jax.jit(self._run)
+    self._start_j = jax.jit(self._start)
+    self._step_j = jax.jit(self._step_traced, donate_argnums=(4,))
+    self._finish_j = jax.jit(self._finish)
+
+  def _start(self, keys):
+    """(theta, Adam state, jitter keys) of the K samples; Adam is elementwise, so
+    one optimiser over the batch is K separate ones."""
+    k_init, k_jit = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
+    z = jax.vmap(self.vis._init)(k_init)
+    return z, self.tx.init(z), k_jit
+
+  def _step(self, variables, unit, tv, weight, state, step):
+    vis = self.vis
+    z, opt_state, k_jit = state
+    terms = objective_lib.regularized_batch(
+        self.apply, vis.target + weight * self.diversity, vis.weights)
+    redirect_steps = vis.config.redirect_relu_steps
+
+    def loss(z):
+      x = jax.vmap(lambda zk, kk: vis._transformed(zk, jax.random.fold_in(kk, step)))(z, k_jit)
+      if redirect_steps > 0:
+        with layers_lib.redirected_relu(step < redirect_steps):
+          t = terms(variables, x, unit, tv)
+      else:
         t = terms(variables, x, unit, tv)
-    else:
-      t = terms(variables, x, unit, tv)
-    return -t["objective"], t
+      return -t["objective"], t
 
-  def step_fn(carry, step):
-    z, opt_state = carry
-    grads, t = jax.grad(loss, has_aux=True)(z, step)
-    updates, opt_state = tx.update(grads, opt_state, z)
+    grads, t = jax.grad(loss, has_aux=True)(z)
+    updates, opt_state = self.tx.update(grads, opt_state, z)
     z = jax.vmap(vis._project)(optax.apply_updates(z, updates))
-    return (z, opt_state), (t["objective"], t["activation"])
+    return (z, opt_state, k_jit), (t["objective"], t["activation"])
 
-  (z, _), (obj_hist, act_hist) = jax.lax.scan(step_fn, (z, opt_state), jnp.arange(steps))
-  x = jax.vmap(vis._final)(z)
-  act = jax.vmap(lambda xk: vis.terms(variables, xk, unit, tv)["activation"])(x)
-  return x, act, {"objective": obj_hist, "activation": act_hist}
+  def _step_traced(self, variables, unit, tv, weight, state, step):
+    self.vis.trace_count += 1  # runs only while tracing.
+    return self._step(variables, unit, tv, weight, state, step)
+
+  def _finish(self, variables, unit, tv, z):
+    """Each sample's input (centre, no transform) and its own target activation."""
+    vis = self.vis
+    x = jax.vmap(vis._final)(z)
+    act = jax.vmap(lambda xk: vis.terms(variables, xk, unit, tv)["activation"])(x)
+    return x, act
+
+  def _run(self, variables, unit, keys, tv, weight):
+    self.vis.trace_count += 1  # runs only while tracing.
+    state, (obj, act) = jax.lax.scan(
+        lambda st, step: self._step(variables, unit, tv, weight, st, step),
+        self._start(keys), jnp.arange(self.vis.config.steps))
+    x, final = self._finish(variables, unit, tv, state[0])
+    return x, final, {"objective": obj, "activation": act}
+
+  def __call__(self, variables, unit, keys, tv, weight):
+    if self.vis.loop == "scan":
+      return self._run_j(variables, unit, keys, tv, weight)
+    state = self._start_j(keys)
+    objs, acts = [], []
+    for step in range(self.vis.config.steps):
+      state, (obj, act) = self._step_j(variables, unit, tv, weight, state, np.int32(step))
+      objs.append(obj)
+      acts.append(act)
+    x, final = self._finish_j(variables, unit, tv, state[0])
+    return x, final, {"objective": jnp.stack(objs), "activation": jnp.stack(acts)}
 
 
 def run_diverse(vis: "Visualizer", unit: int, samples: int, seed: int = 0,
@@ -491,7 +543,9 @@ def run_diverse(vis: "Visualizer", unit: int, samples: int, seed: int = 0,
   so w must be of the order of one sample's target to matter: on the
   hand-built flow unit (target ~1e4) w = 3e3 fans K = 4 results out to
   right-up and right-down motions at ~85% of the target each.
-  The per-sample compiled function is reused for any weight (w is traced).
+  One compilation serves every unit, weight and kappa/gamma of `vis` (all
+  traced); the network runs in `config.compute_dtype` and the steps follow
+  `config.loop`, as in `Visualizer.run`.
 
   Args:
     vis: a `Visualizer` (its parameterisation, transforms and target are used).
@@ -502,7 +556,8 @@ def run_diverse(vis: "Visualizer", unit: int, samples: int, seed: int = 0,
     tv: optional `{stream: (kappa, gamma)}`.
 
   Returns:
-    A `Result` with K rows, all for `unit` (`activations`: each sample's target).
+    A `Result` with K rows, all for `unit` (`activations`: each sample's
+    target; `history`: the joint objective and activation, the same row K times).
   """
   if samples < 2:
     raise ValueError(f"run_diverse needs samples >= 2, got {samples}")
@@ -513,9 +568,9 @@ def run_diverse(vis: "Visualizer", unit: int, samples: int, seed: int = 0,
   base = jax.random.fold_in(jax.random.PRNGKey(seed), unit)
   keys = jax.vmap(lambda k: jax.random.fold_in(base, k))(jnp.arange(samples))
   tv_arr = {s: tuple(jnp.float32(v) for v in settings[s]) for s in vis.streams}
-  if not hasattr(vis, "_diverse_jit"):
-    vis._diverse_jit = jax.jit(functools.partial(_diverse_samples, vis))
-  x, act, hist = jax.device_get(vis._diverse_jit(
+  if not hasattr(vis, "_diverse"):
+    vis._diverse = _DiverseSamples(vis)
+  x, act, hist = jax.device_get(vis._diverse(
       vis.model.variables, jnp.int32(unit), keys, tv_arr, jnp.float32(weight)))
   obj = np.asarray(hist["objective"])[None]
   _check_finite(obj, np.array([unit]))
@@ -524,7 +579,7 @@ def run_diverse(vis: "Visualizer", unit: int, samples: int, seed: int = 0,
                 activations=np.asarray(act),
                 history={k: np.broadcast_to(np.asarray(v), (samples, vis.config.steps)).copy()
                          for k, v in hist.items()},
-                a_hat_given=vis.config.objective.a_hat not in (None, 1.0),
+                a_hat_given=a_hat_given(vis.config),
                 seed=seed, settings=settings)
 
 
