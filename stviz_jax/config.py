@@ -47,7 +47,10 @@ def default_config() -> ml_collections.ConfigDict:
       direction=(),               # direction: weights over the layer's channels.
       other=-1,                   # channel_interaction / class_contrast: the unit (class B) subtracted.
       other_weight=1.0,           # ... times this weight.
-      diversity=0.0,              # Visualizer.run_diverse: weight w of the diversity term.
+      # > 0: every unit is optimised as `samples` results pushed apart by Lucid's
+      # Gram diversity with this weight w (Visualizer.run_diverse; the job too).
+      diversity=0.0,
+      samples=4,                  # K >= 2 diverse samples per unit (when diversity > 0).
       diversity_layer="",         # its layer ("" = the visualised one).
       a_hat_from="",              # stats.npz of `python -m stviz_jax.stats`: per-unit a_hat.
   ))
@@ -65,6 +68,11 @@ def default_config() -> ml_collections.ConfigDict:
   # Temporal regularisation settings of the flow stream to run (kappa fixed),
   # each a full result; empty = just regularizer.flow.gamma.
   c.gammas = ()
+  # Gallery pages comparing two class units side by side (the paper's Figs. 13-15:
+  # confusions such as PlayingCello vs PlayingViolin): "A:B; C:D" by class name or
+  # index. Each class must be a unit of a class_logit target on 'logits'; a
+  # class_contrast target's A - B result joins its pair's page (and makes one).
+  c.gallery = ml_collections.ConfigDict(dict(compare=""))
   c.sweep = ml_collections.ConfigDict(dict(
       memory_budget_gb=0.0,       # > 0: chunk_size (when 0) from XLA's memory analysis.
       resume=True,                # checkpoint finished chunks; a rerun continues.

@@ -16,6 +16,20 @@ Layout of `workdir`::
     <target>/<setting>/unit_0003.npz  one unit's inputs, with config and seed
     <target>/<setting>/unit_0003_<stream>.png / .gif / .mp4 / .webm
     index.html, gallery/              the HTML gallery (stviz_jax.gallery)
+
+With `config.objective.diversity` w > 0 every unit is optimised as K =
+`config.objective.samples` results pushed apart by Lucid's Gram diversity
+(`stviz_jax.optimize.run_diverse`, one compilation per target). Sample 0 of
+each unit is the unit's result above (grid, summary, gallery tiles); all K
+are in::
+
+    <target>/<setting>/unit_0003_samples.npz          a Result with K rows of unit 3
+    <target>/<setting>/unit_0003_sample2_<stream>.*   media of sample k >= 1
+    <target>/<setting>/samples_grid.png               units (rows) x the K samples
+
+`config.gallery.compare` ("A:B; ...", class names or indices) and every
+`class_contrast` target give gallery pages with two class units side by side
+(the paper's Figs. 13-15); the resolved pairs are `summary.json`'s `comparisons`.
 """
 
 from __future__ import annotations
@@ -34,7 +48,7 @@ import ml_collections
 import numpy as np
 
 from stviz_jax import gallery, models, render, sweep
-from stviz_jax.optimize import Result, Visualizer, _atomic_savez, build_target
+from stviz_jax.optimize import Result, Visualizer, _atomic_savez, build_target, run_diverse
 
 
 def parse_units(spec, model: models.Model, layer: str) -> list[int]:
@@ -93,7 +107,7 @@ def settings_from_config(config: ml_collections.ConfigDict, streams) -> list[dic
 
 
 TARGET_FIELDS = ("layer", "units", "kind")
-TARGET_OPTIONAL = ("a_hat",)
+TARGET_OPTIONAL = ("a_hat", "other")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +131,8 @@ def targets_from_config(config: ml_collections.ConfigDict,
                         model: models.Model) -> list[Target]:
   """The run's targets, validated before anything is optimised.
 
-  `config.targets` (a ConfigDict of named `{layer, units, kind[, a_hat]}`)
+  `config.targets` (a ConfigDict of named `{layer, units, kind[, a_hat,
+  other]}`; `other`: class or unit B of a contrast, an index or a class name)
   when non-empty, else the single target `config.layer`, `config.units`,
   `config.objective`.
 
@@ -157,6 +172,11 @@ def targets_from_config(config: ml_collections.ConfigDict,
     objective.kind = entry["kind"]
     if "a_hat" in entry:
       objective.a_hat = float(entry["a_hat"])
+    if "other" in entry:
+      try:
+        objective.other = _class_or_index(entry["other"], model, layer)
+      except ValueError as e:
+        raise ValueError(f"{where}.other: {e}") from None
     if objective.kind == "class_logit" and layer != models.LOGITS:
       raise ValueError(f"{where}: kind 'class_logit' needs layer {models.LOGITS!r}, "
                        f"not {layer!r}")
@@ -173,6 +193,106 @@ def targets_from_config(config: ml_collections.ConfigDict,
 
 def _layer_dir(layer: str) -> str:
   return layer.replace("/", "_")
+
+
+def _class_or_index(spec, model: models.Model, layer: str = models.LOGITS) -> int:
+  """A unit of `layer` given as an index or (for 'logits') a class name.
+
+  Raises:
+    ValueError: one line naming the bad class and a few valid names.
+  """
+  if isinstance(spec, (int, np.integer)) or re.fullmatch(r"\s*\d+\s*", str(spec)):
+    unit = int(spec)
+    model.spec.check_units(layer, [unit])
+    return unit
+  name = str(spec).strip()
+  labels = list(model.labels or ()) if layer == models.LOGITS else []
+  if name in labels:
+    return labels.index(name)
+  if not labels:
+    raise ValueError(f"{name!r} is not a unit index of layer {layer!r}"
+                     + ("" if layer != models.LOGITS else
+                        f" and model {model.name!r} has no class names"))
+  close = [l for l in labels if name.lower() in l.lower() or l.lower() in name.lower()]
+  shown = (close or labels)[:5]
+  raise ValueError(f"unknown class {name!r} of model {model.name!r}; "
+                   f"{'did you mean' if close else 'valid classes include'} "
+                   f"{', '.join(repr(l) for l in shown)}"
+                   + ("" if close or len(labels) <= 5 else f" (and {len(labels) - 5} more)"))
+
+
+def samples_from_config(config: ml_collections.ConfigDict, model: models.Model) -> int:
+  """K diverse samples per unit (0: plain runs), validated.
+
+  Raises:
+    ValueError: naming `config.objective.diversity` / `.samples` /
+      `.diversity_layer` (listing the valid layers).
+  """
+  w = float(config.objective.get("diversity", 0.0) or 0.0)
+  if not np.isfinite(w) or w < 0:
+    raise ValueError(f"config.objective.diversity must be >= 0 (the diversity weight), got {w}")
+  if w == 0:
+    return 0
+  k = int(config.objective.get("samples", 4))
+  if k < 2:
+    raise ValueError(f"config.objective.samples must be >= 2 when config.objective.diversity "
+                     f"> 0 (K diverse samples per unit), got {k}")
+  layer = config.objective.get("diversity_layer", "")
+  if layer:
+    try:
+      model.spec.check_layer(layer)
+    except ValueError as e:
+      raise ValueError(f"config.objective.diversity_layer: {e}") from None
+  return k
+
+
+def comparisons_from_config(config: ml_collections.ConfigDict, model: models.Model,
+                            targets: Sequence[Target]) -> list[dict]:
+  """`config.gallery.compare` ("A:B; C:D", names or indices) as class-unit pairs.
+
+  Each class of a pair must be a unit of a `class_logit` target on 'logits'
+  (its visualisation is what the page shows).
+
+  Returns:
+    `[{"a": int, "b": int, "names": [name_a, name_b]}, ...]`, in order, repeats dropped.
+
+  Raises:
+    ValueError: naming `config.gallery.compare` for a malformed pair, an unknown
+      class (with a few valid names) or a class no target visualises.
+  """
+  spec = (config.get("gallery", None) or {}).get("compare", "") or ""
+  where = "config.gallery.compare"
+  if isinstance(spec, str):
+    pairs = [p.strip() for p in re.split(r"[;,]", spec) if p.strip()]
+  else:
+    pairs = list(spec)
+  class_units = {u for t in targets if t.layer == models.LOGITS and t.kind == "class_logit"
+                 for u in t.units}
+  out, seen = [], set()
+  for pair in pairs:
+    sides = pair.split(":") if isinstance(pair, str) else list(pair)
+    if len(sides) != 2 or not all(str(x).strip() for x in sides):
+      raise ValueError(f"{where}: {pair!r} is not a pair 'A:B' (class names or indices; "
+                       "pairs separated by ';')")
+    ab = []
+    for side in sides:
+      try:
+        ab.append(_class_or_index(side, model))
+      except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    for u, side in zip(ab, sides):
+      if u not in class_units:
+        raise ValueError(
+            f"{where}: class {str(side).strip()!r} (unit {u}) is not visualised in this run; "
+            f"add it to the units of a class_logit target on {models.LOGITS!r} "
+            f"(visualised: {sorted(class_units) or 'none'})")
+    if ab[0] == ab[1]:
+      raise ValueError(f"{where}: {pair!r} compares class {ab[0]} with itself")
+    if tuple(ab) not in seen:
+      seen.add(tuple(ab))
+      names = [model.labels[u] if model.labels else str(u) for u in ab]
+      out.append({"a": ab[0], "b": ab[1], "names": names})
+  return out
 
 
 def save_unit_media(out_dir: str, result: Result, config, i: int) -> dict[str, str]:
@@ -204,6 +324,93 @@ def layer_grid(results: Sequence[Result]) -> np.ndarray:
   tile = rows[0][0]
   scale = max(1, 96 // tile.shape[0])
   return render.grid([[render.upscale(t, scale) for t in row] for row in rows])
+
+
+def sample_spread(result: Result) -> dict[str, float]:
+  """Per stream, the mean pairwise RMS distance between the rows of `result`:
+
+      (2 / (K (K - 1))) sum_{i < j} ||x_i - x_j||_2 / sqrt(n),  n = T H W C,
+
+  in the stream's input units; 0 when all K samples are equal.
+  """
+  out = {}
+  for stream, x in result.inputs.items():
+    flat = np.asarray(x, np.float64).reshape(len(x), -1)
+    d = [np.linalg.norm(flat[i] - flat[j]) for i in range(len(flat))
+         for j in range(i + 1, len(flat))]
+    out[stream] = float(np.mean(d) / np.sqrt(flat.shape[1])) if d else 0.0
+  return out
+
+
+def samples_path(out_dir: str, unit: int) -> str:
+  return os.path.join(out_dir, f"unit_{int(unit):04d}_samples.npz")
+
+
+def _finished_samples(path: str, config: ml_collections.ConfigDict, seed: int,
+                      settings: dict, samples: int) -> Result | None:
+  """The K samples saved by an earlier run of the same config, else None (resume)."""
+  if not os.path.isfile(path):
+    return None
+  try:
+    with np.load(path) as f:
+      meta = json.loads(str(f["meta"]))
+    result = Result.load(path)
+  except (OSError, KeyError, ValueError):
+    return None
+  same = (meta.get("config") == json.loads(config.to_json()) and meta.get("seed") == seed
+          and json.loads(json.dumps(meta.get("settings")))
+          == json.loads(json.dumps(settings)) and len(result.units) == samples)
+  return result if same else None
+
+
+def run_diverse_units(vis: Visualizer, units: Sequence[int], tv: dict,
+                      config: ml_collections.ConfigDict, samples: int,
+                      out_dir: str) -> tuple[Result, dict[int, Result]]:
+  """K diverse samples of every unit under one setting (one compilation for all).
+
+  Each unit's K samples are saved as `unit_0003_samples.npz` (with media of
+  samples 1..K-1) as soon as they are done; with `config.sweep.resume` a rerun
+  reuses the saved ones of an identical config.
+
+  Returns:
+    `(sample 0 of every unit as one Result, {unit: its K-row Result})`.
+  """
+  per_unit = {}
+  settings = vis.settings(tv)
+  t0 = time.time()
+  for n, unit in enumerate(units, 1):
+    path = samples_path(out_dir, unit)
+    r = (_finished_samples(path, config, config.seed, settings, samples)
+         if config.sweep.resume else None)
+    if r is None:
+      r = run_diverse(vis, unit, samples, config.seed, tv=tv)
+      r.save(path, config)
+      for k in range(1, samples):
+        for stream, x in r.inputs.items():
+          render.save_stream_media(
+              os.path.join(out_dir, f"unit_{int(unit):04d}_sample{k}_{stream}"), stream, x[k])
+    per_unit[int(unit)] = r
+    logging.info("%s: %d/%d units x %d diverse samples, %.1fs", vis.layer, n, len(units),
+                 samples, time.time() - t0)
+  first = [per_unit[int(u)] for u in units]
+  result = Result(
+      layer=vis.layer, units=np.asarray(units, np.int32),
+      inputs={s: np.stack([r.inputs[s][0] for r in first]) for s in first[0].inputs},
+      activations=np.asarray([r.activations[0] for r in first]),
+      history={k: np.stack([r.history[k][0] for r in first]) for k in first[0].history},
+      a_hat_given=first[0].a_hat_given, seed=config.seed, settings=first[0].settings)
+  return result, per_unit
+
+
+def samples_grid(per_unit: dict[int, Result]) -> np.ndarray:
+  """Units (rows) x the K samples (columns); each cell all streams side by side."""
+  units = list(per_unit)
+  k = len(per_unit[units[0]].units)
+  columns = [dataclasses.replace(
+      per_unit[units[0]], units=np.asarray(units),
+      inputs={s: np.stack([per_unit[u].inputs[s][j] for u in units])
+              for s in per_unit[units[0]].inputs}) for j in range(k)]
+  return layer_grid(columns)
 
 
 def class_ranks(model: models.Model, result: Result) -> dict[str, dict]:
@@ -247,8 +454,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     kwargs["weights"] = config.weights
   model = models.load(config.model, **kwargs)
   targets = targets_from_config(config, model)
+  samples = samples_from_config(config, model)
+  comparisons = comparisons_from_config(config, model, targets)
   settings = settings_from_config(config, model.spec.streams)
   summary = {"model": model.name, "seed": config.seed, "layers": {}, "targets": {}}
+  if comparisons:
+    summary["comparisons"] = comparisons
   t0 = time.time()
   compilations = 0
   for n, target in enumerate(targets, 1):
@@ -263,12 +474,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     vis = Visualizer(model, layer, target_config)
     target_dir = os.path.join(workdir, _layer_dir(target.name))
     state_dir = os.path.join(target_dir, "sweep_state") if config.sweep.resume else None
-    sweep_results = sweep.run_sweep(vis, sweep.host_units(units), settings, target_config,
-                                    state_dir, seed=config.seed)
+    if samples:
+      sweep_results, diverse = [], []
+      for tv in settings:
+        result, per_unit = run_diverse_units(
+            vis, sweep.host_units(units), tv, target_config, samples,
+            os.path.join(target_dir, setting_name(tv)))
+        sweep_results.append(result)
+        diverse.append(per_unit)
+    else:
+      sweep_results = sweep.run_sweep(vis, sweep.host_units(units), settings, target_config,
+                                      state_dir, seed=config.seed)
     results = []
     class_names = ({str(u): model.labels[u] for u in units}
                    if layer == models.LOGITS and model.labels else None)
-    for tv, result in zip(settings, sweep_results):
+    for j, (tv, result) in enumerate(zip(settings, sweep_results)):
       name = setting_name(tv)
       out_dir = os.path.join(target_dir, name)
       result.save(os.path.join(out_dir, "result.npz"), target_config)
@@ -284,10 +504,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       }
       if class_names is not None:
         entry["class_ranks"] = class_ranks(model, result)
+      if samples:
+        per_unit = diverse[j]
+        entry["samples"] = {
+            "count": samples, "weight": float(config.objective.diversity),
+            "layer": config.objective.diversity_layer or layer,
+            "activations": {str(u): [float(a) for a in r.activations]
+                            for u, r in per_unit.items()},
+            "spread": {str(u): sample_spread(r) for u, r in per_unit.items()}}
+        render.save_png(os.path.join(out_dir, "samples_grid.png"), samples_grid(per_unit))
       summary["layers"].setdefault(target.name, {})[name] = entry
       results.append(result)
     summary["targets"][target.name] = {
         "layer": layer, "kind": target.kind, "units": units,
+        **({"other": int(target.objective.other)}
+           if target.kind in ("class_contrast", "channel_interaction") else {}),
         **({"class_names": class_names} if class_names is not None else {})}
     render.save_png(os.path.join(target_dir, "grid.png"), layer_grid(results))
     compilations += vis.trace_count
