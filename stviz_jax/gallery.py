@@ -15,7 +15,20 @@ then open `DIR/index.html` in a browser, straight from the filesystem
   DIR/gallery/<layer>/unit_0003.html   one unit: every setting as a row (the paper's
                                        figure layout), objective/activation history,
                                        exact config and seed, raw-array downloads,
-                                       dataset statistics when given
+                                       dataset statistics when given, and its K
+                                       diverse samples when the run made them
+  DIR/gallery/compare/class_0003_vs_0005.html
+                                       two class units side by side (the paper's
+                                       Figs. 13-15 confusion study): appearance and
+                                       flow of each per setting, their ranks among
+                                       the classes, and the class_contrast A - B
+                                       result when that target was run
+
+`<layer>` is the folder of a job's target (`[host_<k>/]<target>/<setting>/`),
+i.e. the layer's name for a single-target run. Comparisons are the job's
+`summary.json` `comparisons` (`config.gallery.compare`), every unit A of a
+`class_contrast` target (against its class B), or `--compare=A:B;...` here
+(class names of the run or indices).
 
 Media come from the job's files beside each `result.npz`
 (`<layer>/<setting>/unit_0003_<stream>.{png,gif,mp4,webm}`); any that are
@@ -70,6 +83,9 @@ DEFAULT_FORMATS = ("png", "gif", "mp4", "webm")
 FIGURE_UNITS = 16       # rows of the per-layer figure (highest mean activation).
 DISPLAY_SIZE = 128      # rendered media height, pixels (nearest-neighbour upscaling).
 TOP_CLASSES = 10        # classes in the per-class bar chart (as in the paper).
+COMPARE_DIR = "compare"  # gallery/compare/: side-by-side pages of two class units.
+_LOGITS = "logits"      # stviz_jax.models.LOGITS (not imported: the gallery needs no JAX).
+_SAMPLES = "unit_{:04d}_samples.npz"  # the K diverse samples of a unit (stviz_jax.job).
 
 
 # --- what the work directory holds --------------------------------------------
@@ -156,6 +172,19 @@ class SettingRun:
           out[u] = {s: a[rows[u]] for s, a in arrays.items()}
     return out
 
+  def samples(self, unit: int) -> np.ndarray | None:
+    """Final activations of the unit's K diverse samples (`unit_0003_samples.npz`
+    beside its result; sample 0 is the unit's result), or None when there are none."""
+    name = _SAMPLES.format(int(unit))
+    if self.index(unit) is None or name not in self.unit_files(unit):
+      return None
+    with np.load(os.path.join(self.part(unit).dir, name)) as f:
+      return np.asarray(f["activations"], np.float64)
+
+  def objective(self) -> dict:
+    """The run's `config.objective` (kind, other, diversity, ...); {} when unknown."""
+    return dict((self.config or {}).get("objective") or {})
+
   def unit_files(self, unit: int) -> list[str]:
     """Files of `unit` beside its result (`unit_0003*`), each folder listed once."""
     d = self.part(unit).dir
@@ -170,11 +199,30 @@ class SettingRun:
 
 @dataclasses.dataclass
 class LayerRuns:
-  """All settings found for one layer (`rel_dir`: its folder under gallery/)."""
+  """All settings found for one target of a run (`rel_dir`: its folder under gallery/).
+
+  A job's target is one layer under one objective; `target` is its folder
+  (the layer's name for a single-target run), so two targets of the same
+  layer (e.g. class units and a class contrast of 'logits') stay apart.
+  """
 
   layer: str
   rel_dir: str
   runs: list[SettingRun]
+  target: str = ""
+
+  @property
+  def title(self) -> str:
+    """The layer, or 'target (layer)' when the target's folder is named otherwise."""
+    if not self.target or self.target == re.sub(r"[^A-Za-z0-9_.-]", "_", self.layer):
+      return self.layer
+    return f"{self.target} ({self.layer})"
+
+  @property
+  def kind(self) -> str:
+    """The objective kind ('channel', 'class_logit', 'class_contrast', ...)."""
+    return self.runs[0].objective().get("kind") or (
+        "class_logit" if self.layer == _LOGITS else "channel")
 
   @property
   def units(self) -> list[int]:
@@ -249,33 +297,44 @@ def _setting_order(run: SettingRun):
   return (tuple(float(v) for v in flow), run.name)
 
 
-def discover(workdir: str) -> list[LayerRuns]:
-  """Finds every `<layer>/<setting>/result.npz` under `workdir`, by layer.
+def _target_dir(workdir: str, path: str) -> str:
+  """`<target>` of `[host_<k>/]<target>/<setting>/result.npz` ('' at the top)."""
+  rel = os.path.relpath(os.path.dirname(os.path.dirname(path)), workdir)
+  parts = [p for p in rel.split(os.sep) if p not in ("", ".")]
+  if parts and re.fullmatch(r"host_\d+", parts[0]):
+    parts = parts[1:]
+  return "/".join(parts)
 
-  Files of the same layer and setting in different folders (the hosts of a
-  multi-host sweep, `host_<k>/<layer>/<setting>/result.npz`) are merged.
+
+def discover(workdir: str) -> list[LayerRuns]:
+  """Finds every `<target>/<setting>/result.npz` under `workdir`, by target.
+
+  Files of the same target, layer and setting in different host folders (a
+  multi-host sweep, `host_<k>/<target>/<setting>/result.npz`) are merged.
   """
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"workdir {workdir!r} does not exist")
-  found: dict[str, dict[str, list[SettingRun]]] = {}
+  found: dict[tuple[str, str], dict[str, list[SettingRun]]] = {}
   for root, dirs, files in os.walk(workdir):
     dirs[:] = sorted(d for d in dirs if not d.startswith(".") and
                      os.path.join(root, d) != os.path.join(workdir, GALLERY_DIR))
     if RESULT_FILE in files:
-      run = read_run(os.path.join(root, RESULT_FILE))
-      found.setdefault(run.layer, {}).setdefault(run.name, []).append(run)
+      path = os.path.join(root, RESULT_FILE)
+      run = read_run(path)
+      key = (_target_dir(workdir, path) or run.layer, run.layer)
+      found.setdefault(key, {}).setdefault(run.name, []).append(run)
   layers, used = [], set()
-  for layer, by_setting in sorted(found.items()):
+  for (target, layer), by_setting in sorted(found.items()):
     runs = sorted((_merge(r) for r in by_setting.values()), key=_setting_order)
     streams = {tuple(sorted(r.shapes)) for r in runs}
     if len(streams) > 1:
       raise ValueError(f"layer {layer!r} in {workdir}: settings have different "
                        f"streams {sorted(streams)}")
-    rel = re.sub(r"[^A-Za-z0-9_.-]", "_", layer)
-    while rel in used:
+    rel = re.sub(r"[^A-Za-z0-9_.-]", "_", target)
+    while rel in used or rel == COMPARE_DIR:
       rel += "_"
     used.add(rel)
-    layers.append(LayerRuns(layer, rel, runs))
+    layers.append(LayerRuns(layer, rel, runs, target))
   return layers
 
 
@@ -382,6 +441,117 @@ def find_stats(workdir: str) -> str | None:
   return path if path and os.path.isfile(path) else None
 
 
+# --- comparisons of two class units -------------------------------------------
+
+
+@dataclasses.dataclass
+class Comparison:
+  """Class units A and B side by side, with the class_contrast results of the pair.
+
+  `a_layer` / `b_layer`: the class_logit target holding each (None: not run);
+  `contrasts`: (heading, class_contrast target, its unit) for A - B and B - A.
+  """
+
+  a: int
+  b: int
+  names: tuple[str, str]
+  a_layer: LayerRuns | None
+  b_layer: LayerRuns | None
+  contrasts: list[tuple[str, LayerRuns, int]]
+
+  @property
+  def file(self) -> str:
+    return f"class_{self.a:04d}_vs_{self.b:04d}.html"
+
+  @property
+  def title(self) -> str:
+    return f"{self.names[0]} vs {self.names[1]}"
+
+  def shows(self, layer: LayerRuns, unit: int) -> bool:
+    """Whether the page shows `unit` of `layer`."""
+    return any(l is layer and u == unit for _, l, u in self.groups())
+
+  def groups(self) -> list[tuple[str, LayerRuns | None, int]]:
+    """(heading, target, unit) of each column group: A, B, then the contrasts."""
+    return ([(f"{self.names[0]} (class {self.a})", self.a_layer, self.a),
+             (f"{self.names[1]} (class {self.b})", self.b_layer, self.b)]
+            + [(f"{h} (class contrast)", l, u) for h, l, u in self.contrasts])
+
+
+def class_names(workdir: str) -> dict[int, str]:
+  """Class index -> name for the classes a job's `summary.json` names."""
+  summary = _read_json(os.path.join(workdir, "summary.json")) or {}
+  names = {}
+  for t in (summary.get("targets") or {}).values():
+    names.update({int(u): str(n) for u, n in (t.get("class_names") or {}).items()})
+  for c in summary.get("comparisons") or ():
+    names.update({int(c["a"]): str(c["names"][0]), int(c["b"]): str(c["names"][1])})
+  return names
+
+
+def parse_compare(spec: str | Sequence, names: Mapping[int, str]) -> list[tuple[int, int]]:
+  """'A:B; C:D' (class names of the run or indices; ',' also separates) -> pairs.
+
+  Raises:
+    ValueError: one line naming the malformed pair or unknown class, with a
+      few of the run's class names.
+  """
+  pairs = ([p.strip() for p in re.split(r"[;,]", spec) if p.strip()]
+           if isinstance(spec, str) else list(spec))
+  index = {n: u for u, n in names.items()}
+  out = []
+  for pair in pairs:
+    sides = pair.split(":") if isinstance(pair, str) else list(pair)
+    if len(sides) != 2:
+      raise ValueError(f"compare: {pair!r} is not a pair 'A:B' (pairs separated by ';')")
+    ab = []
+    for side in sides:
+      side = str(side).strip()
+      if re.fullmatch(r"\d+", side):
+        ab.append(int(side))
+      elif side in index:
+        ab.append(index[side])
+      else:
+        known = [f"{n!r} ({u})" for u, n in sorted(names.items())]
+        raise ValueError(f"compare: unknown class {side!r}; classes of this run: "
+                         + (", ".join(known[:5]) + (f" and {len(known) - 5} more"
+                                                    if len(known) > 5 else "")
+                            if known else "none named (use indices)"))
+    out.append((ab[0], ab[1]))
+  return out
+
+
+def comparisons(layers: Sequence[LayerRuns], pairs: Sequence[tuple[int, int]] = (),
+                names: Mapping[int, str] | None = None) -> list[Comparison]:
+  """The comparison pages: `pairs`, then unit A of every class_contrast target
+  against its class B (each unordered pair once).
+
+  A pair's classes are looked up in the class_logit targets on 'logits' (the
+  first holding each); its contrasts are the class_contrast targets of A
+  against B and of B against A.
+  """
+  names = dict(names or {})
+  label = lambda u: names.get(u, f"class {u}")
+  classes = [l for l in layers if l.layer == _LOGITS and l.kind == "class_logit"]
+  contrasts = []
+  for l in layers:
+    other = l.runs[0].objective().get("other")
+    if l.layer == _LOGITS and l.kind == "class_contrast" and isinstance(other, int) and other >= 0:
+      contrasts.append((l, other))
+  wanted = [(int(a), int(b)) for a, b in pairs]
+  wanted += [(u, other) for l, other in contrasts for u in l.units if u != other]
+  out, seen = [], set()
+  for a, b in wanted:
+    if frozenset((a, b)) in seen:
+      continue
+    seen.add(frozenset((a, b)))
+    holder = lambda u: next((l for l in classes if u in l.units), None)
+    cons = [(f"{label(x)} − {label(y)}", l, x) for x, y in ((a, b), (b, a))
+            for l, other in contrasts if other == y and x in l.units]
+    out.append(Comparison(a, b, (label(a), label(b)), holder(a), holder(b), cons))
+  return out
+
+
 # --- media and plots -----------------------------------------------------------
 
 
@@ -450,12 +620,39 @@ def _part_tasks(layer: LayerRuns, run: SettingRun, part: Part,
         tasks.append(functools.partial(
             render.save_stream_media, f"{stem}_{view}", stream, stream_inputs(stream)[i],
             missing, encoding=enc, fps=fps, target_size=DISPLAY_SIZE))
+    tasks += _sample_tasks(layer, run, stem, encodings, formats, fps)
     if not os.path.exists(stem + ".npz"):
       arrays = {f"inputs_{s}": stream_inputs(s)[i] for s in run.shapes}
       arrays.update(activation=np.float32(run.activations[run.index(unit)]),
                     unit=np.int32(unit), seed=np.int32(run.seed),
                     config=np.asarray(json.dumps(run.config or {})))
       tasks.append(functools.partial(_save_npz, stem + ".npz", arrays))
+  return tasks
+
+
+def _sample_tasks(layer: LayerRuns, run: SettingRun, stem: str, encodings: Sequence[str],
+                  formats: Sequence[str], fps: float) -> list:
+  """Renders of samples 1..K-1 (`<stem>_sample<k>_<view>.*`) that are missing or
+  older than the unit's `<stem>_samples.npz` (sample 0 is the unit's own media)."""
+  path = stem + "_samples.npz"
+  if not os.path.exists(path):
+    return []
+  mtime = os.path.getmtime(path)
+  k = _npz_shapes(path)["units"][0]
+  arrays: dict[str, np.ndarray] = {}
+  tasks = []
+  for j in range(1, k):
+    for view, stream, enc in views_of(layer, encodings):
+      clip = run.shapes[stream][0] > 1
+      missing = [f for f in formats if (clip or f == "png")
+                 and _stale(f"{stem}_sample{j}_{view}.{f}", mtime)]
+      if missing:
+        if stream not in arrays:
+          with np.load(path) as f:
+            arrays[stream] = f[f"inputs_{stream}"]
+        tasks.append(functools.partial(
+            render.save_stream_media, f"{stem}_sample{j}_{view}", stream, arrays[stream][j],
+            missing, encoding=enc, fps=fps, target_size=DISPLAY_SIZE))
   return tasks
 
 
@@ -530,7 +727,7 @@ a { color: #1a5fb4; } .crumbs { font-size: .9em; color: #666; }
 .controls label { margin-right: .6em; white-space: nowrap; }
 .tiles { display: flex; flex-wrap: wrap; gap: 10px; margin-top: 1em; }
 .tile { border: 1px solid #ddd; border-radius: 4px; padding: 4px; background: #fafafa; }
-.tile .media, .row .media { display: flex; gap: 3px; }
+.tile .media, .row .media, td .media { display: flex; gap: 3px; }
 .tile .cap { font-size: .85em; display: flex; justify-content: space-between; gap: .5em; }
 .tile.missing .media { visibility: hidden; }
 img.m, video.m { display: block; background: #eee; image-rendering: pixelated; }
@@ -688,14 +885,17 @@ def _media_size(run: SettingRun, stream: str) -> tuple[int, int]:
 
 
 def _media(page_dir: str, layer: LayerRuns, run: SettingRun, unit: int,
-           view: str, stream: str, templated: bool) -> str:
-  """An <img> (still input) or a lazily loaded looping <video> (clip)."""
+           view: str, stream: str, templated: bool, sample: int = 0) -> str:
+  """An <img> (still input) or a lazily loaded looping <video> (clip).
+
+  `sample` k > 0: the unit's k-th diverse sample (`unit_0003_sample<k>_<view>`).
+  """
   setting = "{setting}" if templated else run.name
-  stem = os.path.join(os.path.dirname(run.part(unit).dir), "SETTING",
-                      f"unit_{unit:04d}_{view}")
+  name = f"unit_{unit:04d}_sample{sample}_{view}" if sample else f"unit_{unit:04d}_{view}"
+  stem = os.path.join(os.path.dirname(run.part(unit).dir), "SETTING", name)
   stem_url = _url(page_dir, stem).replace("SETTING", setting)
   w, h = _media_size(run, stream)
-  title = f"unit {unit} {view}"
+  title = f"unit {unit} {view}" + (f" sample {sample}" if sample else "")
   if run.shapes[stream][0] > 1:
     return (f'<video class="m" muted loop playsinline preload="none" width="{w}" '
             f'height="{h}" data-stem="{_e(stem_url)}" title="{_e(title)}"></video>')
@@ -764,8 +964,8 @@ def _layer_page(workdir: str, layer: LayerRuns, page_dir: str, encodings: Sequen
            f'style="max-width:100%">')
   has_flow = any(s == "flow" or ref.shapes[s][-1] == 2 for s in layer.streams)
   body = f"""<header>
-<div class="crumbs"><a href="{_url(page_dir, os.path.join(workdir, 'index.html'))}">run</a> / {_e(layer.layer)}</div>
-<h1>{_e(model)} · layer {_e(layer.layer)} · {len(layer.units)} units</h1>
+<div class="crumbs"><a href="{_url(page_dir, os.path.join(workdir, 'index.html'))}">run</a> / {_e(layer.title)}</div>
+<h1>{_e(model)} · layer {_e(layer.title)} · {len(layer.units)} units</h1>
 <div class="controls">
 <fieldset><legend>regularisation ([ / ] keys)</legend>{radios}</fieldset>
 <label>sort <select id="sort"><option value="unit">by unit</option>
@@ -784,7 +984,7 @@ def _layer_page(workdir: str, layer: LayerRuns, page_dir: str, encodings: Sequen
 {fig}
 """
   data = {"settings": settings, "initial": settings[0]["name"], "layer": layer.layer}
-  return _page(f"{layer.layer} · {model}", body,
+  return _page(f"{layer.title} · {model}", body,
                _url(page_dir, os.path.join(gallery_dir, "gallery.css")),
                _url(page_dir, os.path.join(gallery_dir, "gallery.js")), data)
 
@@ -841,11 +1041,40 @@ def _thumbnail(page_dir: str, unit: int, k: int, pixels: np.ndarray) -> str:
   return render.save_frames(stem, pixels[None], ("png",))["png"]
 
 
+def _samples_html(page_dir: str, layer: LayerRuns, unit: int,
+                  views: Sequence[tuple[str, str, str]]) -> str:
+  """The unit's K diverse samples per setting (rows), each cell every view."""
+  rows, k, weight = [], 0, None
+  for r in layer.runs:
+    acts = r.samples(unit)
+    if acts is None:
+      continue
+    k, weight = len(acts), r.objective().get("diversity")
+    cells = "".join(
+        f'<td><div class="media">'
+        + "".join(_media(page_dir, layer, r, unit, v, s, templated=False, sample=j)
+                  for v, s, _ in views)
+        + f'</div><div class="view">sample {j} · a = {float(a):.4g}</div></td>'
+        for j, a in enumerate(acts))
+    rows.append(f"<tr><th>{_e(r.label())}</th>{cells}</tr>")
+  if not rows:
+    return ""
+  w = f" (weight w = {float(weight):g})" if weight is not None else ""
+  return (f'<h2>Diverse samples</h2><p class="note">K = {k} results of this unit optimised '
+          f'together and pushed apart by Lucid’s Gram-matrix diversity{w}; sample 0 is '
+          f'the result above. Each cell: {" | ".join(_e(v) for v, _, _ in views)}.</p>'
+          f'<table class="rows">{"".join(rows)}</table>')
+
+
 def _unit_page(workdir: str, layer: LayerRuns, page_dir: str, unit: int,
                prev_unit: int | None, next_unit: int | None, encodings: Sequence[str],
-               stats: LayerStats | None, model: str) -> str:
+               stats: LayerStats | None, model: str,
+               comparisons: Sequence["Comparison"] = ()) -> str:
   gallery_dir = os.path.join(workdir, GALLERY_DIR)
   views = views_of(layer, encodings)
+  links = [f'<a href="{_url(page_dir, os.path.join(gallery_dir, COMPARE_DIR, c.file))}">'
+           f'{_e(c.title)}</a>' for c in comparisons if c.shows(layer, unit)]
+  compared = f'<div class="note">compared: {" · ".join(links)}</div>' if links else ""
   head = "".join(f"<th>{_e(v)}</th>" for v, _, _ in views)
   rows, downloads, configs = [], [], []
   for r in layer.runs:
@@ -874,14 +1103,16 @@ def _unit_page(workdir: str, layer: LayerRuns, page_dir: str, unit: int,
   settings_json = "[\n" + ",\n".join(json.dumps(c) for c in configs) + "\n]"
   body = f"""<header>
 <div class="crumbs"><a href="{_url(page_dir, os.path.join(workdir, 'index.html'))}">run</a> /
-<a href="index.html">{_e(layer.layer)}</a> / unit {unit} &nbsp; {nav}</div>
-<h1>{_e(model)} · {_e(layer.layer)} · unit {unit}</h1>
+<a href="index.html">{_e(layer.title)}</a> / unit {unit} &nbsp; {nav}</div>
+<h1>{_e(model)} · {_e(layer.title)} · unit {unit}</h1>
+{compared}
 <div>{_legend_html(page_dir, gallery_dir, encodings, has_flow)}</div>
 </header>
 <h2>Inputs that maximise the unit</h2>
 <table class="rows"><tr><th>setting</th>{head}<th>final activation</th></tr>
 {chr(10).join(rows)}
 </table>
+{_samples_html(page_dir, layer, unit, views)}
 <h2>Optimisation</h2>
 <div class="plots"><img loading="lazy" src="{hist}" alt="objective and activation vs step"></div>
 <h2>Dataset statistics</h2>
@@ -894,14 +1125,78 @@ def _unit_page(workdir: str, layer: LayerRuns, page_dir: str, unit: int,
 <pre>{_e(settings_json)}</pre>
 <pre>{_e(json.dumps(config, indent=2))}</pre>
 """
-  return _page(f"{layer.layer} unit {unit} · {model}", body,
+  return _page(f"{layer.title} unit {unit} · {model}", body,
                _url(page_dir, os.path.join(gallery_dir, "gallery.css")),
                _url(page_dir, os.path.join(gallery_dir, "gallery.js")),
                {"settings": [], "initial": None})
 
 
+def _compare_page(workdir: str, comp: Comparison, encodings: Sequence[str],
+                  model: str) -> str:
+  """Two class units side by side: rows are settings, column groups A, B and the
+  class contrasts; each cell every view, the final activation and the class rank."""
+  gallery_dir = os.path.join(workdir, GALLERY_DIR)
+  page_dir = os.path.join(gallery_dir, COMPARE_DIR)
+  summary = _read_json(os.path.join(workdir, "summary.json")) or {}
+  target_names = {n.replace("/", "_"): n for n in summary.get("layers") or {}}
+  groups = comp.groups()
+  heads = []
+  for heading, layer, unit in groups:
+    if layer is None:
+      heads.append(f"<th>{_e(heading)}<br><span class=\"note\">not visualised in this run "
+                   f"(add it to a class_logit target on {_LOGITS!r})</span></th>")
+    else:
+      unit_page = os.path.join(gallery_dir, layer.rel_dir, f"unit_{unit:04d}.html")
+      views = " | ".join(_e(v) for v, _, _ in views_of(layer, encodings))
+      heads.append(f'<th><a href="{_url(page_dir, unit_page)}">{_e(heading)}</a><br>'
+                   f'<span class="note">{_e(layer.title)} · {views}</span></th>')
+  order = list(dict.fromkeys(r.name for _, l, _ in groups if l is not None for r in l.runs))
+  rows = []
+  for name in order:
+    label, cells = name, []
+    for _, layer, unit in groups:
+      run = next((r for r in layer.runs if r.name == name), None) if layer else None
+      i = run.index(unit) if run is not None else None
+      if i is None:
+        cells.append('<td class="note">not run for this setting</td>')
+        continue
+      label = run.label()
+      media = "".join(_media(page_dir, layer, run, unit, v, s, templated=False)
+                      for v, s, _ in views_of(layer, encodings))
+      cap = f"a = {float(run.activations[i]):.4g}"
+      entry = (((summary.get("layers") or {}).get(target_names.get(layer.target, layer.target))
+                or {}).get(name) or {})
+      rank = (entry.get("class_ranks") or {}).get(str(unit))
+      if rank:
+        cap += (f" · rank {rank['rank']} of the classes (top 3: "
+                f"{', '.join(str(c) for c in rank.get('top3', []))})")
+      cells.append(f'<td><div class="media">{media}</div><div class="view">{_e(cap)}</div></td>')
+    rows.append(f"<tr><th>{_e(label)}</th>{''.join(cells)}</tr>")
+  ref = next((l for _, l, _ in groups if l is not None), None)
+  has_flow = ref is not None and any(s == "flow" or ref.runs[0].shapes[s][-1] == 2
+                                     for s in ref.streams)
+  body = f"""<header>
+<div class="crumbs"><a href="{_url(page_dir, os.path.join(workdir, 'index.html'))}">run</a> /
+compare / {_e(comp.title)}</div>
+<h1>{_e(model)} · {_e(comp.names[0])} vs {_e(comp.names[1])}</h1>
+<div>{_legend_html(page_dir, gallery_dir, encodings, has_flow)}</div>
+</header>
+<p class="note">Two class units side by side, as in the paper’s Figs. 13-15: what each class
+unit’s optimised appearance and motion look like shows what the network uses to tell the
+two classes apart (or why it confuses them). A class contrast maximises one class’s score
+minus the other’s. The rank is where the optimised input puts its own class among all.</p>
+<table class="rows"><tr><th>setting</th>{''.join(heads)}</tr>
+{chr(10).join(rows) or '<tr><td>no results for these classes</td></tr>'}
+</table>
+"""
+  return _page(f"{comp.title} · {model}", body,
+               _url(page_dir, os.path.join(gallery_dir, "gallery.css")),
+               _url(page_dir, os.path.join(gallery_dir, "gallery.js")), None)
+
+
 def _index_page(workdir: str, layers: Sequence[LayerRuns], figures: Mapping[str, Any],
-                model: str, stats_path: str | None) -> str:
+                model: str, stats_path: str | None,
+                comps: Sequence[Comparison] = ()) -> str:
   gallery_dir = os.path.join(workdir, GALLERY_DIR)
   cards = []
   for layer in layers:
@@ -910,7 +1205,7 @@ def _index_page(workdir: str, layers: Sequence[LayerRuns], figures: Mapping[str,
     thumb = (f'<br><img loading="lazy" src="{_url(workdir, fig.get("gif", fig["png"]))}" '
              f'alt="figure" style="max-width:480px">' if fig else "")
     settings = " | ".join(_e(r.label()) for r in layer.runs)
-    cards.append(f'<div class="card"><a href="{_url(workdir, page)}"><b>{_e(layer.layer)}</b>'
+    cards.append(f'<div class="card"><a href="{_url(workdir, page)}"><b>{_e(layer.title)}</b>'
                  f'</a> · {len(layer.units)} units · {settings}{thumb}</div>')
   summary = _read_json(os.path.join(workdir, "summary.json")) or {}
   seed = layers[0].runs[0].seed if layers else summary.get("seed")
@@ -921,10 +1216,19 @@ def _index_page(workdir: str, layers: Sequence[LayerRuns], figures: Mapping[str,
     info += f" · optimised in {summary['seconds']} s"
   if stats_path:
     info += f" · statistics: {_e(stats_path)}"
+  compare = ""
+  if comps:
+    items = "".join(
+        f'<li><a href="{_url(workdir, os.path.join(gallery_dir, COMPARE_DIR, c.file))}">'
+        f'{_e(c.title)}</a>' + (f' (with {len(c.contrasts)} class contrast'
+                                f'{"s" if len(c.contrasts) > 1 else ""})' if c.contrasts else "")
+        + "</li>" for c in comps)
+    compare = f"<h2>Class comparisons</h2>\n<ul>{items}</ul>"
   body = f"""<header><h1>{_e(model)} · activation maximisation</h1>
 <div class="note">{info} · {' · '.join(links)}</div></header>
 <h2>Layers</h2>
 {chr(10).join(cards) or '<p>No results found (no */*/result.npz).</p>'}
+{compare}
 """
   return _page(f"{model} · stviz_jax", body,
                _url(workdir, os.path.join(gallery_dir, "gallery.css")),
@@ -933,7 +1237,7 @@ def _index_page(workdir: str, layers: Sequence[LayerRuns], figures: Mapping[str,
 
 def build(workdir: str, stats: str | None = None, encodings: Sequence[str] = ("rgb",),
           formats: Sequence[str] = DEFAULT_FORMATS, fps: float = 8.0,
-          figure_units: int = FIGURE_UNITS) -> str:
+          figure_units: int = FIGURE_UNITS, compare: str | Sequence | None = None) -> str:
   """Writes the gallery of everything under `workdir`; returns `index.html`'s path.
 
   Args:
@@ -946,9 +1250,15 @@ def build(workdir: str, stats: str | None = None, encodings: Sequence[str] = ("r
       used; "webm" and "mp4" are the in-page videos, "gif" the fallback).
     fps: frame rate of rendered videos.
     figure_units: rows of each layer's figure (the most active units).
+    compare: class pairs to show side by side, "A:B; C:D" (class names of the
+      run or indices; `parse_compare`) or `[(a, b), ...]`; None = the job's
+      `summary.json` `comparisons`. Pages for class_contrast targets are added.
 
   Returns:
     The path of `workdir/index.html`.
+
+  Raises:
+    ValueError: for a `compare` class that is unknown or not visualised.
   """
   encodings = tuple(encodings)
   if not encodings or any(e not in render.ENCODINGS for e in encodings):
@@ -956,6 +1266,21 @@ def build(workdir: str, stats: str | None = None, encodings: Sequence[str] = ("r
   formats = tuple(dict.fromkeys(("png",) + tuple(formats)))
   workdir = os.path.abspath(workdir)
   layers = discover(workdir)
+  names = class_names(workdir)
+  if compare is None:
+    pairs = [(int(c["a"]), int(c["b"])) for c in (_read_json(
+        os.path.join(workdir, "summary.json")) or {}).get("comparisons") or ()]
+  else:
+    pairs = parse_compare(compare, names)
+  comps = comparisons(layers, pairs, names)
+  if compare is not None:
+    shown = sorted({u for l in layers if l.layer == _LOGITS and l.kind == "class_logit"
+                    for u in l.units})
+    for u in (u for pair in pairs for u in pair):
+      if u not in shown:
+        raise ValueError(f"compare: class {names.get(u, u)!r} (unit {u}) is not visualised "
+                         f"by a class_logit target on {_LOGITS!r} in {workdir} "
+                         f"(visualised: {shown or 'none'})")
   stats_path = stats or find_stats(workdir)
   all_stats = load_stats(stats_path) if stats_path else {}
   gallery_dir = os.path.join(workdir, GALLERY_DIR)
@@ -990,11 +1315,14 @@ def build(workdir: str, stats: str | None = None, encodings: Sequence[str] = ("r
       _write(os.path.join(page_dir, f"unit_{u:04d}.html"),
              _unit_page(workdir, layer, page_dir, u, units[k - 1] if k else None,
                         units[k + 1] if k + 1 < len(units) else None, encodings,
-                        stats_layer, model))
+                        stats_layer, model, comps))
     logging.info("gallery: layer %s, %d units, %d settings, %d media rendered",
                  layer.layer, len(units), len(layer.runs), n)
+  for comp in comps:
+    _write(os.path.join(gallery_dir, COMPARE_DIR, comp.file),
+           _compare_page(workdir, comp, encodings, model))
   index = os.path.join(workdir, "index.html")
-  _write(index, _index_page(workdir, layers, figures, model, stats_path))
+  _write(index, _index_page(workdir, layers, figures, model, stats_path, comps))
   logging.info("gallery: open file://%s", index)
   return index
 
@@ -1006,7 +1334,7 @@ def main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   build(f.workdir, stats=f.stats or None,
         encodings=[e.strip() for e in f.encodings.split(",") if e.strip()],
-        fps=f.fps, figure_units=f.figure_units)
+        fps=f.fps, figure_units=f.figure_units, compare=f.compare or None)
 
 
 def _define_flags() -> None:
@@ -1017,6 +1345,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("encodings", "rgb", "Flow colourings, comma separated: rgb, hsv.")
   flags.DEFINE_float("fps", 8.0, "Frame rate of rendered videos.")
   flags.DEFINE_integer("figure_units", FIGURE_UNITS, "Rows of each layer's figure.")
+  flags.DEFINE_string("compare", "", "Class units side by side: 'A:B;C:D' (class names or "
+                      "indices); default: the run's config.gallery.compare.")
   flags.mark_flag_as_required("workdir")
 
 
