@@ -19,8 +19,15 @@ Variants (`configs/synthetic_lucid.py:NAME`):
   pixel     raw pixels (the paper's parameterisation) with the Lucid transforms.
   contrast  class A minus class B (the paper's Figs. 13-15 confusion study):
             red-rightward (0) against red-leftward (2).
+  compare   the confusion study as a gallery page: class units 'red right' and
+            'red left' side by side (RGB image and flow video of each, their
+            class ranks) with the contrast 'red right' - 'red left' beside them,
+            `gallery/compare/class_0000_vs_0002.html` (linked from index.html).
+            60 steps, gamma in {0, 10}: about 40 s on a 2-core CPU.
   quick     20 steps (smoke runs).
 """
+
+import ml_collections
 
 from stviz_jax.config import default_config
 
@@ -45,8 +52,15 @@ def get_config(arg=None):
     config.units = "0"
     config.objective.kind = "class_contrast"
     config.objective.other = 2
+  elif arg == "compare":
+    config.steps = 60
+    config.targets = ml_collections.ConfigDict(dict(
+        classes=dict(layer="logits", units="red right;red left", kind="class_logit"),
+        contrast=dict(layer="logits", units="red right", kind="class_contrast",
+                      other="red left")))
+    config.gallery.compare = "red right:red left"
   elif arg == "quick":
     config.steps = 20
   elif arg:
-    raise ValueError(f"unknown variant {arg!r}; valid: maco, pixel, contrast, quick")
+    raise ValueError(f"unknown variant {arg!r}; valid: maco, pixel, contrast, compare, quick")
   return config
