@@ -68,6 +68,7 @@ import html
 import json
 import os
 import re
+import sys
 import urllib.parse
 import zipfile
 from typing import Any, Mapping, Sequence
@@ -1332,9 +1333,12 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {list(argv)[1:]}")
   logging.set_verbosity(logging.INFO)
   f = flags.FLAGS
-  build(f.workdir, stats=f.stats or None,
-        encodings=[e.strip() for e in f.encodings.split(",") if e.strip()],
-        fps=f.fps, figure_units=f.figure_units, compare=f.compare or None)
+  try:
+    build(f.workdir, stats=f.stats or None,
+          encodings=[e.strip() for e in f.encodings.split(",") if e.strip()],
+          fps=f.fps, figure_units=f.figure_units, compare=f.compare or None)
+  except (ValueError, FileNotFoundError) as e:  # bad input: one line, no traceback.
+    sys.exit(f"error: {e}")
 
 
 def _define_flags() -> None:

@@ -159,3 +159,17 @@ def test_bad_class_name_is_one_line_on_the_command_line(tmp_path):
       "error: config.gallery.compare: unknown class 'cello' of model 'synthetic_two_stream'; "
       "valid classes include 'red right', 'red down', 'red left', 'red up', 'green right' "
       "(and 7 more)")
+
+
+def test_gallery_command_line_compare(compare_run, tmp_path):
+  work = str(tmp_path / "w")
+  shutil.copytree(compare_run[0], work)
+  run = lambda spec: subprocess.run(
+      [sys.executable, "-m", "stviz_jax.gallery", f"--workdir={work}", f"--compare={spec}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = run("blue:red right")
+  assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == (
+      "error: compare: unknown class 'blue'; classes of this run: 'red right' (0), "
+      "'red left' (2)")
+  assert run("red left:red right").returncode == 0
+  assert os.path.isfile(os.path.join(work, "gallery", "compare", "class_0002_vs_0000.html"))
