@@ -43,3 +43,31 @@ def machine() -> dict:
   return {"backend": jax.default_backend(), "devices": len(jax.devices()),
           "device": str(jax.devices()[0].device_kind), "machine": platform.machine(),
           "jax": jax.__version__}
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> tuple[float, float]:
+  """Best float32 matmul GFLOP/s of an n x n product, measured now.
+
+  Returns:
+    `(numpy, xla)`: NumPy's BLAS (OpenBLAS) and XLA's own (`jax.jit` of `a @ a`),
+    each the best of `repeats` (2 n^3 FLOPs per product).
+  """
+  import time
+
+  import numpy as np
+
+  a = np.random.default_rng(0).standard_normal((n, n), np.float32)
+  best_np = 0.0
+  for _ in range(repeats):
+    t = time.perf_counter()
+    a @ a
+    best_np = max(best_np, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+  x = jnp.asarray(a)
+  f = jax.jit(lambda m: m @ m)
+  f(x).block_until_ready()
+  best_xla = 0.0
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(x).block_until_ready()
+    best_xla = max(best_xla, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+  return best_np, best_xla
