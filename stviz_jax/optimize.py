@@ -27,6 +27,7 @@ of a sweep (units, step and kappa/gamma are traced arguments).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -45,7 +46,7 @@ from stviz_jax import objective as objective_lib
 from stviz_jax import param as param_lib
 from stviz_jax import regularizers
 from stviz_jax import transforms as transforms_lib
-from stviz_jax.models import LOGITS, Model, layers as layers_lib
+from stviz_jax.models import LOGITS, Model, conv as conv_lib, layers as layers_lib
 
 
 @dataclasses.dataclass
@@ -174,6 +175,26 @@ def _more_targets(model: Model, layer: str, cfg: ml_collections.ConfigDict,
   return objective_lib.class_contrast(other, cfg.get("other_weight", 1.0), a_hat=a_hat)
 
 
+@contextlib.contextmanager
+def _network_context(step, redirect_steps: int, only_channel=None):
+  """Trace-time settings of the network pass inside one optimisation step.
+
+  ReLU gradients are redirected during the first `redirect_steps` steps
+  (`step` is traced: no recompilation when redirection ends). With
+  `only_channel = (layer, unit)` the layer's convolution computes that one
+  channel (`layers.only_channel`). On CPU the convolutions' input gradients
+  run as forward convolutions (`stviz_jax.models.conv`): XLA:CPU runs the
+  default form of that gradient inside `lax.scan` several times slower.
+  """
+  with contextlib.ExitStack() as stack:
+    if redirect_steps > 0:
+      stack.enter_context(layers_lib.redirected_relu(step < redirect_steps))
+    if only_channel is not None:
+      stack.enter_context(layers_lib.only_channel(*only_channel))
+    stack.enter_context(conv_lib.input_grad_as_conv(jax.default_backend() == "cpu"))
+    yield
+
+
 def with_compute_dtype(apply, dtype: str):
   """`apply` running in `dtype` (weights and inputs cast), returning float32.
 
@@ -208,6 +229,9 @@ class Visualizer:
     model.spec.check_layer(layer)
     self.model, self.layer, self.config = model, layer, config
     self.target = target or build_target(model, layer, config.objective)
+    # Objectives built from config.objective of kind channel / neuron read
+    # only channel `unit` of `layer`, so its convolution computes just that one.
+    self.one_channel = target is None and config.objective.kind in ("channel", "neuron")
     self.streams = model.spec.streams
     self.weights = {
         s: regularizers.stream_weights(config.regularizer, s, spec.pixel_scale)
@@ -291,10 +315,8 @@ class Visualizer:
 
     def loss(z, key):
       x = self._transformed(z, key)
-      if redirect_steps > 0:
-        with layers_lib.redirected_relu(step < redirect_steps):
-          t = self.terms(variables, x, unit, tv)
-      else:
+      with _network_context(step, redirect_steps,
+                            (self.layer, unit) if self.one_channel else None):
         t = self.terms(variables, x, unit, tv)
       return -t["objective"], t
 
@@ -479,10 +501,7 @@ class _DiverseSamples:
 
     def loss(z):
       x = jax.vmap(lambda zk, kk: vis._transformed(zk, jax.random.fold_in(kk, step)))(z, k_jit)
-      if redirect_steps > 0:
-        with layers_lib.redirected_relu(step < redirect_steps):
-          t = terms(variables, x, unit, tv)
-      else:
+      with _network_context(step, redirect_steps):
         t = terms(variables, x, unit, tv)
       return -t["objective"], t
 

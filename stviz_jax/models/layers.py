@@ -8,6 +8,16 @@ never fire at initialisation still receive a signal. `flag` is a traced
 boolean, so switching redirection off after a few optimisation steps does not
 recompile anything.
 
+`Conv` is `flax.linen.Conv` computing with `conv.conv_general_dilated`, whose
+input gradient runs as a forward convolution inside `conv.input_grad_as_conv()`
+(fast inside `lax.scan` on XLA:CPU; see `stviz_jax.models.conv`).
+
+Inside `only_channel(layer, c)` the convolution producing `layer` computes
+only output channel c (a traced index) and leaves the others zero: when an
+objective reads one channel of a layer, the other C - 1 channels of its last
+convolution are wasted work (VGG-16 conv4_3: 13% of a step's FLOPs). Zoo
+layer graphs get their convolution function from `conv_for(layer)`.
+
 Inside `straight_through_relu()` the gradient of `relu` is the identity; the
 receptive-field measurement uses it so that units dead at a random input still
 reveal which input pixels they are connected to.
@@ -18,8 +28,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 
+from typing import Any
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from stviz_jax.models import conv as conv_lib
 
 _REDIRECT = contextvars.ContextVar("stviz_redirect_relu", default=None)
 
@@ -84,3 +99,43 @@ def relu(x):
   if isinstance(flag, str) and flag == _STRAIGHT_THROUGH:
     return _straight_through(x)
   return _redirectable_relu(x, jnp.asarray(flag, bool))
+
+
+class Conv(nn.Conv):
+  """`nn.Conv` whose input gradient can run as a forward convolution (module docstring)."""
+
+  conv_general_dilated: Any = conv_lib.conv_general_dilated
+
+
+_ONLY_CHANNEL = contextvars.ContextVar("stviz_only_channel", default=None)
+
+
+@contextlib.contextmanager
+def only_channel(layer: str, channel):
+  """Within this context (at trace time), `conv_for(layer)` computes channel `channel` only."""
+  token = _ONLY_CHANNEL.set((layer, channel))
+  try:
+    yield
+  finally:
+    _ONLY_CHANNEL.reset(token)
+
+
+def conv_for(layer: str):
+  """The convolution function (for `Conv`) of the layer whose output is `layer`.
+
+  Inside `only_channel(layer, c)` it convolves with kernel column c alone and
+  places the result in channel c of an otherwise zero output (channels last,
+  as in `nn.Conv`), so bias, batch norm and ReLU downstream see the usual
+  shape; elsewhere it is `conv.conv_general_dilated`.
+  """
+  restriction = _ONLY_CHANNEL.get()
+  if restriction is None or restriction[0] != layer:
+    return conv_lib.conv_general_dilated
+  channel = restriction[1]
+
+  def one_channel(lhs, rhs, *args, **kwargs):
+    kernel = jax.lax.dynamic_slice_in_dim(rhs, channel, 1, axis=-1)
+    y = conv_lib.conv_general_dilated(lhs, kernel, *args, **kwargs)
+    return y * jax.nn.one_hot(channel, rhs.shape[-1], dtype=y.dtype)
+
+  return one_channel

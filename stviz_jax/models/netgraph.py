@@ -223,10 +223,11 @@ def _apply(node, depth, folded, bn_eps, blobs):
     nd = len(node.kernel)
     stride = node.stride or (1,) * nd
     pad = node.pad or (0,) * nd
-    conv = nn.Conv(node.features, node.kernel, stride,
+    conv = layers.Conv(node.features, node.kernel, stride,
                    padding=[(p, p) for p in pad],
                    use_bias=folded or node.bias or not node.bn,
-                   kernel_init=_HE_INIT, name=leaf(node.name))
+                   kernel_init=_HE_INIT, name=leaf(node.name),
+                   conv_general_dilated=layers.conv_for(top(node)))
     y = _per_frame(conv, x, nd)
     if node.bn and not folded:
       y = nn.BatchNorm(use_running_average=True, epsilon=bn_eps,

@@ -134,7 +134,7 @@ class Unit3D(nn.Module):
   def __call__(self, x):
     pads = _same_pads(x.shape[1:4], self.kernel, self.stride)
     use_bn = self.batch_norm and not self.folded
-    x = nn.Conv(self.features, self.kernel, self.stride, padding=pads,
+    x = layers.Conv(self.features, self.kernel, self.stride, padding=pads,
                 use_bias=not use_bn, name="conv_3d")(x)
     if use_bn:
       x = nn.BatchNorm(use_running_average=True, use_scale=False,

@@ -50,24 +50,24 @@ class SyntheticTwoStream(nn.Module):
     feats = {}
     w = self.width
     x = inputs["rgb"][:, 0]  # (N, H, W, 3): the appearance stream sees one frame.
-    x = layers.relu(nn.Conv(w // 2, (3, 3), name="rgb_conv1")(x))
+    x = layers.relu(layers.Conv(w // 2, (3, 3), name="rgb_conv1")(x))
     feats["rgb/conv1"] = x
     x = nn.max_pool(x, (2, 2), (2, 2))
-    x = layers.relu(nn.Conv(w, (3, 3), name="rgb_conv2")(x))
+    x = layers.relu(layers.Conv(w, (3, 3), name="rgb_conv2")(x))
     feats["rgb/conv2"] = x
     x = nn.max_pool(x, (2, 2), (2, 2))
 
     y = inputs["flow"]  # (N, T, H, W, 2)
-    y = layers.relu(nn.Conv(w // 2, (3, 3, 3), name="flow_conv1")(y))
+    y = layers.relu(layers.Conv(w // 2, (3, 3, 3), name="flow_conv1")(y))
     feats["flow/conv1"] = y
     y = nn.max_pool(y, (1, 2, 2), (1, 2, 2))
-    y = layers.relu(nn.Conv(w, (3, 3, 3), name="flow_conv2")(y))
+    y = layers.relu(layers.Conv(w, (3, 3, 3), name="flow_conv2")(y))
     feats["flow/conv2"] = y
     y = nn.max_pool(y, (1, 2, 2), (1, 2, 2))
 
     # Appearance first, as in Feichtenhofer et al. (2016) conv fusion.
     a = jnp.broadcast_to(x[:, None], y.shape[:-1] + (x.shape[-1],))
-    z = layers.relu(nn.Conv(w, (3, 3, 3), name="fusion")(jnp.concatenate([a, y], -1)))
+    z = layers.relu(layers.Conv(w, (3, 3, 3), name="fusion")(jnp.concatenate([a, y], -1)))
     feats["fusion"] = z
     logits = nn.Dense(self.num_classes, name="fc")(z.mean(axis=(1, 2, 3)))
     return logits, feats

@@ -26,22 +26,22 @@ class TinyTwoStream(nn.Module):
     feats = {}
     rgb = inputs["rgb"]  # (N, 1, H, W, 3)
     x = rgb[:, 0]
-    x = layers.relu(nn.Conv(self.width, (3, 3), name="rgb_conv1")(x))
+    x = layers.relu(layers.Conv(self.width, (3, 3), name="rgb_conv1")(x))
     feats["rgb/conv1"] = x
     x = nn.max_pool(x, (2, 2), (2, 2))
-    x = layers.relu(nn.Conv(self.width, (3, 3), name="rgb_conv2")(x))
+    x = layers.relu(layers.Conv(self.width, (3, 3), name="rgb_conv2")(x))
     feats["rgb/conv2"] = x
 
     y = inputs["flow"]  # (N, T, H, W, 2)
-    y = layers.relu(nn.Conv(self.width, (3, 3, 3), name="flow_conv1")(y))
+    y = layers.relu(layers.Conv(self.width, (3, 3, 3), name="flow_conv1")(y))
     feats["flow/conv1"] = y
     y = nn.max_pool(y, (1, 2, 2), (1, 2, 2))
-    y = layers.relu(nn.Conv(self.width, (3, 3, 3), name="flow_conv2")(y))
+    y = layers.relu(layers.Conv(self.width, (3, 3, 3), name="flow_conv2")(y))
     feats["flow/conv2"] = y
 
     a = jnp.broadcast_to(x[:, None], y.shape[:-1] + (x.shape[-1],))
     z = jnp.concatenate([a, y], axis=-1)
-    z = layers.relu(nn.Conv(self.width, (3, 3, 3), name="fusion")(z))
+    z = layers.relu(layers.Conv(self.width, (3, 3, 3), name="fusion")(z))
     feats["fusion"] = z
     logits = nn.Dense(self.num_classes, name="fc")(z.mean(axis=(1, 2, 3)))
     return logits, feats

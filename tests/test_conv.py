@@ -1,0 +1,136 @@
+"""The convolution whose input gradient runs as a forward convolution.
+
+Its gradients must equal JAX's own for every stride-1 case (the rewrite), fall
+back to JAX's rule elsewhere, leave forward mode untouched outside its
+context, and the Visualizer's compiled step on CPU must contain no
+convolution in the transposed-kernel form XLA:CPU runs slowly inside loops.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import stviz_jax as sv
+from stviz_jax.models import conv, layers
+
+DIMENSION_NUMBERS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"),
+                     3: ("NDHWC", "DHWIO", "NDHWC")}
+
+
+def _loss(fn, stride, padding, dilation, nd):
+  def loss(x, w):
+    y = fn(x, w, (stride,) * nd, padding, rhs_dilation=(dilation,) * nd,
+           dimension_numbers=DIMENSION_NUMBERS[nd])
+    return jnp.sum(jnp.sin(y) * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size)
+  return loss
+
+
+CASES = [(nd, pad, dil, k) for nd, pad, dil, k in itertools.product(
+    (1, 2, 3), ("SAME", "VALID", "explicit"), (1, 2), (1, 3))]
+
+
+@pytest.mark.parametrize("nd,pad,dil,k", CASES)
+def test_gradients_equal_jax(nd, pad, dil, k):
+  rng = np.random.default_rng(nd * 100 + dil * 10 + k)
+  x = jnp.asarray(rng.standard_normal((2,) + (7, 8, 6)[:nd] + (3,)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((k,) * nd + (3, 4)), jnp.float32)
+  padding = ((1, 2),) * nd if pad == "explicit" else pad
+  with conv.input_grad_as_conv():
+    fast = _loss(conv.conv_general_dilated, 1, padding, dil, nd)
+    jaxpr = str(jax.make_jaxpr(jax.grad(fast, argnums=(0, 1)))(x, w))
+    got = jax.jit(jax.grad(fast, argnums=(0, 1)))(x, w)
+  want = jax.grad(_loss(lax.conv_general_dilated, 1, padding, dil, nd), argnums=(0, 1))(x, w)
+  assert "custom_vjp" in jaxpr  # the rewrite really ran
+  for g, h in zip(got, want):
+    np.testing.assert_allclose(g, h, rtol=1e-5, atol=1e-5)
+
+
+def test_strided_and_grouped_keep_jax_rule():
+  x = jnp.ones((1, 9, 9, 4))
+  with conv.input_grad_as_conv():
+    strided = jax.make_jaxpr(jax.grad(lambda x: conv.conv_general_dilated(
+        x, jnp.ones((3, 3, 4, 4)), (2, 2), "SAME",
+        dimension_numbers=DIMENSION_NUMBERS[2]).sum()))(x)
+    grouped = jax.make_jaxpr(jax.grad(lambda x: conv.conv_general_dilated(
+        x, jnp.ones((3, 3, 2, 4)), (1, 1), "SAME", dimension_numbers=DIMENSION_NUMBERS[2],
+        feature_group_count=2).sum()))(x)
+  assert "custom_vjp" not in str(strided) and "custom_vjp" not in str(grouped)
+
+
+def test_outside_context_forward_mode_works():
+  """A zoo model keeps every JAX transformation outside the Visualizer's step."""
+  model = sv.models.load("tiny_two_stream")
+  x = model.example_inputs()
+  f = lambda rgb: model.apply(model.variables, {**x, "rgb": rgb})[1]["rgb/conv2"].sum()
+  tangent = jnp.ones_like(x["rgb"])
+  _, jvp = jax.jvp(f, (x["rgb"],), (tangent,))
+  np.testing.assert_allclose(jvp, jnp.vdot(jax.grad(f)(x["rgb"]), tangent), rtol=1e-4)
+
+
+def _compiled_step_hlo(model, layer):
+  config = sv.default_config()
+  config.steps = 2
+  vis = sv.Visualizer(model, layer, config)
+  units = jnp.zeros((2,), jnp.int32)
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  tv = {s: (jnp.ones(2), jnp.ones(2)) for s in model.spec.streams}
+  return vis._run.lower(model.variables, units, keys, tv).compile().as_text()
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rewrite is for XLA:CPU")
+def test_visualizer_step_has_no_transposed_kernel_convs():
+  hlo = _compiled_step_hlo(sv.models.load("tiny_two_stream"), "fusion")
+  assert "dim_labels=" in hlo
+  labels = {part.split(",")[0] for part in hlo.split("dim_labels=")[1:]}
+  assert all("io->" in label for label in labels), labels
+
+
+# --- computing only the target channel -------------------------------------
+
+@pytest.fixture(scope="module")
+def small_vgg():
+  return sv.models.load("vgg16_two_stream", streams=("rgb",), size=32, width=1 / 16)
+
+
+def test_only_channel_computes_that_channel_per_element(small_vgg):
+  """Under vmap each element's channel equals the full layer's; the rest are zero."""
+  layer = "rgb/conv4_3"
+  x = small_vgg.example_inputs(batch=3, seed=1)
+  full = small_vgg.apply(small_vgg.variables, x)[1][layer]
+  channels = jnp.asarray([0, 5, 31])
+
+  def one(xi, c):
+    with layers.only_channel(layer, c):
+      return small_vgg.apply(small_vgg.variables, jax.tree.map(lambda a: a[None], xi))[1][layer][0]
+
+  got = jax.jit(jax.vmap(one))(x, channels)
+  for i, c in enumerate(np.asarray(channels)):
+    np.testing.assert_allclose(got[i, ..., c], full[i, ..., c], rtol=1e-5, atol=1e-6)
+    others = np.delete(np.asarray(got[i]), c, axis=-1)
+    assert np.all(others == 0)
+
+
+@pytest.mark.parametrize("kind", ["channel", "neuron"])
+def test_visualizer_one_channel_equals_full_layer(small_vgg, kind):
+  config = sv.default_config()
+  config.steps = 6
+  config.objective.kind = kind
+  runs = []
+  for one_channel in (True, False):
+    vis = sv.Visualizer(small_vgg, "rgb/conv4_3", config)
+    assert vis.one_channel
+    vis.one_channel = one_channel
+    runs.append(vis.run([1, 7], seed=3, log_progress=False))
+  np.testing.assert_allclose(runs[0].inputs["rgb"], runs[1].inputs["rgb"], rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(runs[0].activations, runs[1].activations, rtol=1e-4, atol=1e-6)
+
+
+def test_one_channel_only_for_single_channel_objectives(small_vgg):
+  config = sv.default_config()
+  config.objective.kind = "channel_interaction"
+  config.objective.other = 3
+  assert not sv.Visualizer(small_vgg, "rgb/conv4_3", config).one_channel
