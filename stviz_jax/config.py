@@ -29,7 +29,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.init_scale = 0.5              # initial noise: per-pixel RMS norm = init_scale * V.
   c.jitter = True                 # random spatial shift in [0, jitter_fraction * stride_l).
   c.redirect_relu_steps = 0       # steps with redirected ReLU gradients (0 = off).
-  c.loop = "scan"                 # steps: scan | host (faster for 2-D nets on XLA:CPU).
+  c.loop = "scan"                 # steps: scan | host (one compiled step per call; profiling).
   c.compute_dtype = "float32"     # network forward/backward dtype: float32 | bfloat16.
 
   c.optimizer = ml_collections.ConfigDict(dict(

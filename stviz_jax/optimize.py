@@ -362,14 +362,15 @@ class Visualizer:
   @property
   def loop(self) -> str:
     """'scan' (lax.scan over steps, the default) or 'host' (a host loop over one
-    compiled step).
+    compiled step); both give the same results.
 
-    Measured on XLA:CPU (jax 0.10, 2 cores): for 2-D networks the host loop is
-    much faster (VGG-16 conv4_3 at 128 px: 0.58 -> 0.075 s per unit-step;
-    convolutions inside lax.scan's while loop run ~4x slower), but for 3-D
-    networks it is much slower (I3D at 8x64x64: a step takes ~18 s at top
-    level against ~0.3 s inside the scan). So scan stays the default and
-    'host' is an opt-in for 2-D networks on CPU ('auto' = scan).
+    Scan keeps the whole optimisation on the device in one call. The host loop
+    exists for profiling single steps; on XLA:CPU it is slower (measured on 2
+    cores, jax 0.10: VGG-16 conv4_3 at 128 px 0.141 against 0.115 s per
+    unit-step under scan; I3D Mixed_4f at 8x64x64 ~6.6 against 0.17 s, as
+    XLA:CPU runs the strided 3-D convolution's input gradient slowly outside
+    a loop). Before `stviz_jax.models.conv` the convolution gradients inside
+    scan were the slow ones (0.58 s for that VGG step). 'auto' = scan.
     """
     loop = self.config.get("loop", "scan")
     if loop == "auto":
