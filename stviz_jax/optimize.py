@@ -182,17 +182,22 @@ def _network_context(step, redirect_steps: int, only_channel=None):
   ReLU gradients are redirected during the first `redirect_steps` steps
   (`step` is traced: no recompilation when redirection ends). With
   `only_channel = (layer, unit)` the layer's convolution computes that one
-  channel (`layers.only_channel`). On CPU the convolutions' input gradients
-  run as forward convolutions (`stviz_jax.models.conv`): XLA:CPU runs the
-  default form of that gradient inside `lax.scan` several times slower.
+  channel (`layers.only_channel`). On CPU convolutions take the forms
+  XLA:CPU runs fast (`stviz_jax.models.conv`: input gradients as forward
+  convolutions, 3-D ones as 2-D ones).
   """
   with contextlib.ExitStack() as stack:
     if redirect_steps > 0:
       stack.enter_context(layers_lib.redirected_relu(step < redirect_steps))
     if only_channel is not None:
       stack.enter_context(layers_lib.only_channel(*only_channel))
-    stack.enter_context(conv_lib.input_grad_as_conv(jax.default_backend() == "cpu"))
+    stack.enter_context(_cpu_rewrites())
     yield
+
+
+def _cpu_rewrites():
+  """`stviz_jax.models.conv`'s convolution rewrites, on the CPU backend only."""
+  return conv_lib.cpu_rewrites(jax.default_backend() == "cpu")
 
 
 def with_compute_dtype(apply, dtype: str):
@@ -328,7 +333,8 @@ class Visualizer:
   def _finish(self, variables, unit, tv, z):
     """The result of one element: its input (centre, no transform) and activation."""
     x = self._final(z)
-    return x, self.terms(variables, x, unit, tv)["activation"]
+    with _cpu_rewrites():
+      return x, self.terms(variables, x, unit, tv)["activation"]
 
   def _single(self, variables, unit, key, tv):
     state = self._start(key)
@@ -519,7 +525,8 @@ class _DiverseSamples:
     """Each sample's input (centre, no transform) and its own target activation."""
     vis = self.vis
     x = jax.vmap(vis._final)(z)
-    act = jax.vmap(lambda xk: vis.terms(variables, xk, unit, tv)["activation"])(x)
+    with _cpu_rewrites():
+      act = jax.vmap(lambda xk: vis.terms(variables, xk, unit, tv)["activation"])(x)
     return x, act
 
   def _run(self, variables, unit, keys, tv, weight):

@@ -39,19 +39,19 @@ def test_gradients_equal_jax(nd, pad, dil, k):
   x = jnp.asarray(rng.standard_normal((2,) + (7, 8, 6)[:nd] + (3,)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((k,) * nd + (3, 4)), jnp.float32)
   padding = ((1, 2),) * nd if pad == "explicit" else pad
-  with conv.input_grad_as_conv():
+  with conv.cpu_rewrites():
     fast = _loss(conv.conv_general_dilated, 1, padding, dil, nd)
     jaxpr = str(jax.make_jaxpr(jax.grad(fast, argnums=(0, 1)))(x, w))
     got = jax.jit(jax.grad(fast, argnums=(0, 1)))(x, w)
   want = jax.grad(_loss(lax.conv_general_dilated, 1, padding, dil, nd), argnums=(0, 1))(x, w)
   assert "custom_vjp" in jaxpr  # the rewrite really ran
-  for g, h in zip(got, want):
-    np.testing.assert_allclose(g, h, rtol=1e-5, atol=1e-5)
+  for g, h in zip(got, want):  # float32: only the summation order differs
+    np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-5 * float(jnp.abs(h).max()))
 
 
 def test_strided_and_grouped_keep_jax_rule():
   x = jnp.ones((1, 9, 9, 4))
-  with conv.input_grad_as_conv():
+  with conv.cpu_rewrites():
     strided = jax.make_jaxpr(jax.grad(lambda x: conv.conv_general_dilated(
         x, jnp.ones((3, 3, 4, 4)), (2, 2), "SAME",
         dimension_numbers=DIMENSION_NUMBERS[2]).sum()))(x)
@@ -87,6 +87,8 @@ def test_visualizer_step_has_no_transposed_kernel_convs():
   assert "dim_labels=" in hlo
   labels = {part.split(",")[0] for part in hlo.split("dim_labels=")[1:]}
   assert all("io->" in label for label in labels), labels
+  # The 3x3x3 flow and fusion layers run as 2-D convolutions over time taps.
+  assert not any(label.startswith("b012f") for label in labels), labels
 
 
 # --- computing only the target channel -------------------------------------

@@ -368,20 +368,6 @@ def test_pooling_is_caffe_ceil_mode(kind, n, k, s, p):
                              rtol=1e-6, atol=1e-6)
 
 
-def test_tiled_max_pool_gradient_equals_reduce_window():
-  """Windows that tile the input (VGG's 2x2 / 2) take the reshape path; without
-  ties its gradient is reduce_window's, in 2-D and 3-D."""
-  for shape, k in (((2, 8, 6, 3), (2, 2)), ((1, 4, 6, 6, 2), (2, 3, 2))):
-    x = jax.random.normal(jax.random.PRNGKey(len(shape)), shape)
-    ct = jax.random.normal(jax.random.PRNGKey(7), netgraph.pool(
-        x, "max", k, k, (0,) * len(k), True).shape)
-    ours = jax.vjp(lambda v: netgraph.pool(v, "max", k, k, (0,) * len(k), True), x)[1](ct)[0]
-    window = (1,) + k + (1,)
-    ref = jax.vjp(lambda v: jax.lax.reduce_window(v, -jnp.inf, jax.lax.max, window, window,
-                                                  "VALID"), x)[1](ct)[0]
-    np.testing.assert_array_equal(ours, ref)
-
-
 def test_pooling_floor_mode():
   x = jnp.arange(49.0).reshape(1, 7, 7, 1)
   got = netgraph.pool(x, "max", (2, 2), (2, 2), (0, 0), ceil_mode=False)

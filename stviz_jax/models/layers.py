@@ -8,9 +8,9 @@ never fire at initialisation still receive a signal. `flag` is a traced
 boolean, so switching redirection off after a few optimisation steps does not
 recompile anything.
 
-`Conv` is `flax.linen.Conv` computing with `conv.conv_general_dilated`, whose
-input gradient runs as a forward convolution inside `conv.input_grad_as_conv()`
-(fast inside `lax.scan` on XLA:CPU; see `stviz_jax.models.conv`).
+`Conv` is `flax.linen.Conv` computing with `conv.conv_general_dilated`, which
+inside `conv.cpu_rewrites()` takes the forms XLA:CPU runs fast (see
+`stviz_jax.models.conv`).
 
 Inside `only_channel(layer, c)` the convolution producing `layer` computes
 only output channel c (a traced index) and leaves the others zero: when an

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stviz_jax.models import layers
+from stviz_jax.models import layers, pooling
 
 _HE_INIT = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
@@ -149,9 +149,6 @@ def pool(x: jax.Array, kind: str, kernel: Sequence[int], stride: Sequence[int],
          pad: Sequence[int], ceil_mode: bool) -> jax.Array:
   """Caffe/MatConvNet pooling of `x (B, *spatial, C)` over its spatial axes."""
   spatial = x.shape[1:-1]
-  if (kind == "max" and tuple(stride) == tuple(kernel) and not any(pad)
-      and all(n % k == 0 for n, k in zip(spatial, kernel))):
-    return _tiled_max(x, kernel)
   lo_hi, out = [], []
   for n, k, s, p in zip(spatial, kernel, stride, pad):
     if ceil_mode:
@@ -170,8 +167,7 @@ def pool(x: jax.Array, kind: str, kernel: Sequence[int], stride: Sequence[int],
   padding = ((0, 0),) + tuple(lo_hi) + ((0, 0),)
   crop = (slice(None),) + tuple(slice(0, o) for o in out) + (slice(None),)
   if kind == "max":
-    y = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, padding)
-    return y[crop]
+    return pooling.max_pool(x, kernel, stride, lo_hi)[crop]
   if kind != "avg":
     raise ValueError(f"unknown pooling {kind!r}; valid: 'max', 'avg'")
   total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, padding)
@@ -185,22 +181,6 @@ def pool(x: jax.Array, kind: str, kernel: Sequence[int], stride: Sequence[int],
   count = jax.lax.reduce_window(jnp.asarray(ones), 0.0, jax.lax.add, window,
                                 strides, "VALID")
   return total[crop] / count[crop]
-
-
-def _tiled_max(x: jax.Array, kernel: Sequence[int]) -> jax.Array:
-  """Max over non-overlapping windows that tile `x (B, *spatial, C)` exactly.
-
-  The same values as `reduce_window` (VGG's 2x2 / 2 pools, C3D's), as a
-  reshape and a reduction: XLA:CPU runs reduce_window's gradient
-  (select-and-scatter) several times slower. At tied maxima the gradient is
-  shared among the tied inputs instead of going to one of them; both are
-  subgradients of max.
-  """
-  shape = [x.shape[0]]
-  for n, k in zip(x.shape[1:-1], kernel):
-    shape += [n // k, k]
-  y = x.reshape(shape + [x.shape[-1]])
-  return y.max(axis=tuple(range(2, 2 * len(kernel) + 1, 2)))
 
 
 class _Block(nn.Module):

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stviz_jax.models import base, checkpoint, layers, registry
+from stviz_jax.models import base, checkpoint, layers, pooling, registry
 
 # Output channels of the six convolutions of each Inception block:
 # (Branch_0 1x1, Branch_1 1x1, Branch_1 3x3, Branch_2 1x1, Branch_2 3x3, Branch_3 1x1).
@@ -110,10 +110,7 @@ def _same_pads(shape: Sequence[int], kernel: Sequence[int],
 
 def max_pool_same(x: jax.Array, window: Sequence[int], stride: Sequence[int]) -> jax.Array:
   """3-D max pooling of `(N, T, H, W, C)` with TF "SAME" padding (pads are -inf)."""
-  pads = _same_pads(x.shape[1:4], window, stride)
-  return jax.lax.reduce_window(
-      x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *stride, 1),
-      [(0, 0), *pads, (0, 0)])
+  return pooling.max_pool(x, window, stride, _same_pads(x.shape[1:4], window, stride))
 
 
 class Unit3D(nn.Module):
