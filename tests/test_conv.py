@@ -7,6 +7,7 @@ convolution in the transposed-kernel form XLA:CPU runs slowly inside loops.
 """
 
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -49,11 +50,49 @@ def test_gradients_equal_jax(nd, pad, dil, k):
     np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-5 * float(jnp.abs(h).max()))
 
 
-def test_strided_and_grouped_keep_jax_rule():
+STRIDED = [(nd, s, pad, k) for nd, s, pad, k in itertools.product(
+    (1, 2, 3), (2, 3), ("SAME", "VALID", "explicit"), (1, 2, 3, 7))]
+
+
+@pytest.mark.parametrize("nd,stride,pad,k", STRIDED)
+def test_strided_input_gradient_by_phases_equals_jax(nd, stride, pad, k):
+  """Every phase of every axis, kernels shorter and longer than the stride."""
+  rng = np.random.default_rng(nd * 100 + stride * 10 + k)
+  # 16 input channels: 3-D inputs of fewer keep JAX's rule (see conv._conv_bwd).
+  x = jnp.asarray(rng.standard_normal((2,) + (9, 10, 11)[:nd] + (16,)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((k,) * nd + (16, 4)), jnp.float32)
+  padding = ((3, 1),) * nd if pad == "explicit" else pad
+  with conv.cpu_rewrites():
+    fast = _loss(conv.conv_general_dilated, stride, padding, 1, nd)
+    jaxpr = str(jax.make_jaxpr(jax.grad(fast, argnums=(0, 1)))(x, w))
+    got = jax.jit(jax.grad(fast, argnums=(0, 1)))(x, w)
+  want = jax.grad(_loss(lax.conv_general_dilated, stride, padding, 1, nd),
+                  argnums=(0, 1))(x, w)
+  assert "custom_vjp" in jaxpr
+  dilations = re.findall(r"lhs_dilation=\(([0-9, ]*)\)", jaxpr)
+  assert dilations and all(set(d.replace(" ", "").strip(",").split(",")) == {"1"}
+                           for d in dilations), dilations  # no input dilation left
+  for g, h in zip(got, want):
+    np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-5 * float(jnp.abs(h).max()))
+
+
+def test_strided_3d_rgb_input_gradient_equals_jax():
+  """I3D's first layer (7x7x7 / 2 on 3 channels) keeps JAX's rule inside the rewrite."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((1, 8, 12, 12, 3)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((7, 7, 7, 3, 4)), jnp.float32)
+  with conv.cpu_rewrites():
+    got = jax.grad(_loss(conv.conv_general_dilated, 2, "SAME", 1, 3), argnums=(0, 1))(x, w)
+  want = jax.grad(_loss(lax.conv_general_dilated, 2, "SAME", 1, 3), argnums=(0, 1))(x, w)
+  for g, h in zip(got, want):
+    np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-5 * float(jnp.abs(h).max()))
+
+
+def test_dilated_strided_and_grouped_keep_jax_rule():
   x = jnp.ones((1, 9, 9, 4))
   with conv.cpu_rewrites():
     strided = jax.make_jaxpr(jax.grad(lambda x: conv.conv_general_dilated(
-        x, jnp.ones((3, 3, 4, 4)), (2, 2), "SAME",
+        x, jnp.ones((3, 3, 4, 4)), (2, 2), "SAME", rhs_dilation=(2, 2),
         dimension_numbers=DIMENSION_NUMBERS[2]).sum()))(x)
     grouped = jax.make_jaxpr(jax.grad(lambda x: conv.conv_general_dilated(
         x, jnp.ones((3, 3, 2, 4)), (1, 1), "SAME", dimension_numbers=DIMENSION_NUMBERS[2],
