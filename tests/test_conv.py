@@ -30,24 +30,38 @@ def _loss(fn, stride, padding, dilation, nd):
   return loss
 
 
+def _rewritten_and_jax_gradients(x, w, stride, padding, dilation):
+  """(gradients inside cpu_rewrites, their jaxpr, JAX's own gradients)."""
+  nd = x.ndim - 2
+  with conv.cpu_rewrites():
+    fast = jax.grad(_loss(conv.conv_general_dilated, stride, padding, dilation, nd),
+                    argnums=(0, 1))
+    jaxpr = str(jax.make_jaxpr(fast)(x, w))
+    got = jax.jit(fast)(x, w)
+  want = jax.grad(_loss(lax.conv_general_dilated, stride, padding, dilation, nd),
+                  argnums=(0, 1))(x, w)
+  for g, h in zip(got, want):  # float32: only the summation order differs
+    np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-5 * float(jnp.abs(h).max()))
+  return jaxpr
+
+
+def _random_conv(seed, spatial, nd, k, c_in):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.standard_normal((2,) + spatial[:nd] + (c_in,)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((k,) * nd + (c_in, 4)), jnp.float32)
+  return x, w
+
+
 CASES = [(nd, pad, dil, k) for nd, pad, dil, k in itertools.product(
     (1, 2, 3), ("SAME", "VALID", "explicit"), (1, 2), (1, 3))]
 
 
 @pytest.mark.parametrize("nd,pad,dil,k", CASES)
 def test_gradients_equal_jax(nd, pad, dil, k):
-  rng = np.random.default_rng(nd * 100 + dil * 10 + k)
-  x = jnp.asarray(rng.standard_normal((2,) + (7, 8, 6)[:nd] + (3,)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((k,) * nd + (3, 4)), jnp.float32)
+  x, w = _random_conv(nd * 100 + dil * 10 + k, (7, 8, 6), nd, k, 3)
   padding = ((1, 2),) * nd if pad == "explicit" else pad
-  with conv.cpu_rewrites():
-    fast = _loss(conv.conv_general_dilated, 1, padding, dil, nd)
-    jaxpr = str(jax.make_jaxpr(jax.grad(fast, argnums=(0, 1)))(x, w))
-    got = jax.jit(jax.grad(fast, argnums=(0, 1)))(x, w)
-  want = jax.grad(_loss(lax.conv_general_dilated, 1, padding, dil, nd), argnums=(0, 1))(x, w)
+  jaxpr = _rewritten_and_jax_gradients(x, w, 1, padding, dil)
   assert "custom_vjp" in jaxpr  # the rewrite really ran
-  for g, h in zip(got, want):  # float32: only the summation order differs
-    np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-5 * float(jnp.abs(h).max()))
 
 
 STRIDED = [(nd, s, pad, k) for nd, s, pad, k in itertools.product(
@@ -57,35 +71,20 @@ STRIDED = [(nd, s, pad, k) for nd, s, pad, k in itertools.product(
 @pytest.mark.parametrize("nd,stride,pad,k", STRIDED)
 def test_strided_input_gradient_by_phases_equals_jax(nd, stride, pad, k):
   """Every phase of every axis, kernels shorter and longer than the stride."""
-  rng = np.random.default_rng(nd * 100 + stride * 10 + k)
   # 16 input channels: 3-D inputs of fewer keep JAX's rule (see conv._conv_bwd).
-  x = jnp.asarray(rng.standard_normal((2,) + (9, 10, 11)[:nd] + (16,)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((k,) * nd + (16, 4)), jnp.float32)
+  x, w = _random_conv(nd * 100 + stride * 10 + k, (9, 10, 11), nd, k, 16)
   padding = ((3, 1),) * nd if pad == "explicit" else pad
-  with conv.cpu_rewrites():
-    fast = _loss(conv.conv_general_dilated, stride, padding, 1, nd)
-    jaxpr = str(jax.make_jaxpr(jax.grad(fast, argnums=(0, 1)))(x, w))
-    got = jax.jit(jax.grad(fast, argnums=(0, 1)))(x, w)
-  want = jax.grad(_loss(lax.conv_general_dilated, stride, padding, 1, nd),
-                  argnums=(0, 1))(x, w)
+  jaxpr = _rewritten_and_jax_gradients(x, w, stride, padding, 1)
   assert "custom_vjp" in jaxpr
   dilations = re.findall(r"lhs_dilation=\(([0-9, ]*)\)", jaxpr)
   assert dilations and all(set(d.replace(" ", "").strip(",").split(",")) == {"1"}
                            for d in dilations), dilations  # no input dilation left
-  for g, h in zip(got, want):
-    np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-5 * float(jnp.abs(h).max()))
 
 
 def test_strided_3d_rgb_input_gradient_equals_jax():
   """I3D's first layer (7x7x7 / 2 on 3 channels) keeps JAX's rule inside the rewrite."""
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((1, 8, 12, 12, 3)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((7, 7, 7, 3, 4)), jnp.float32)
-  with conv.cpu_rewrites():
-    got = jax.grad(_loss(conv.conv_general_dilated, 2, "SAME", 1, 3), argnums=(0, 1))(x, w)
-  want = jax.grad(_loss(lax.conv_general_dilated, 2, "SAME", 1, 3), argnums=(0, 1))(x, w)
-  for g, h in zip(got, want):
-    np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-5 * float(jnp.abs(h).max()))
+  x, w = _random_conv(0, (8, 12, 12), 3, 7, 3)
+  _rewritten_and_jax_gradients(x[:1], w, 2, "SAME", 1)
 
 
 def test_dilated_strided_and_grouped_keep_jax_rule():
