@@ -56,17 +56,16 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None,
                          feature_group_count=1, batch_group_count=1, precision=None,
                          preferred_element_type=None):
-  """`lax.conv_general_dilated`, with the input gradient rewritten (module docstring).
+  """`lax.conv_general_dilated`, rewritten inside `cpu_rewrites()` (module docstring).
 
-  A 3-D convolution with more than one time tap (channels last) becomes a
-  sum of 2-D ones (`_conv3d_as_2d`). The rewrite applies to plain stride-1
-  convolutions (no input dilation, one
-  feature and batch group, output laid out like the input: all but a few
-  layers of the zoo); anything else, or any call outside
-  `cpu_rewrites()`, is `lax.conv_general_dilated` unchanged. Strided
-  layers keep JAX's rule because their rewritten gradient needs input
-  dilation, which XLA:CPU runs on a slow generic path (I3D's stride-2 7x7x7
-  `Conv3d_1a_7x7`: 6 s per step).
+  Rewritten: convolutions without input dilation, with one feature and batch
+  group and the output laid out like the input (every zoo layer); strided
+  ones also need channels-last layout and no kernel dilation. Their input
+  gradient becomes forward convolutions (stride 1: one; strided: one per
+  output phase, `_strided_input_grad`), and a stride-1 3-D convolution with
+  more than one time tap becomes a sum of 2-D ones (`_conv3d_as_2d`).
+  Anything else, or any call outside `cpu_rewrites()`, is
+  `lax.conv_general_dilated` unchanged.
   """
   nd = lhs.ndim - 2
   dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
@@ -141,33 +140,26 @@ def _conv_fwd(lhs, rhs, strides, padding, rhs_dilation, dn, precision):
 
 def _conv_bwd(strides, padding, rhs_dilation, dn, precision, res, g):
   lhs, rhs = res
+  conv = lambda x, w: lax.conv_general_dilated(x, w, strides, padding, None, rhs_dilation,
+                                               dn, precision=precision)
+  grad_rhs = jax.vjp(lambda w: conv(lhs, w), rhs)[1](g)[0]  # JAX's rule
   spatial_in = [lhs.shape[i] for i in dn.lhs_spec[2:]]
-  spatial_out = [g.shape[i] for i in dn.out_spec[2:]]
-  window = [rhs.shape[i] for i in dn.rhs_spec[2:]]
-  # A 3-D input of few channels (I3D's RGB clip) stays with JAX's rule: its
-  # phases are dozens of 2-D convolutions with 3 output channels, which
-  # measured 4x slower than the rule inside lax.scan.
-  if any(s != 1 for s in strides) and (len(strides) < 3 or lhs.shape[-1] >= 16):
-    grad_lhs = _strided_input_grad(g, rhs, strides, padding, spatial_in, precision)
-    _, weight_vjp = jax.vjp(
-        lambda w: lax.conv_general_dilated(lhs, w, strides, padding, None, rhs_dilation, dn,
-                                           precision=precision), rhs)
-    return grad_lhs, weight_vjp(g)[0]
-  if any(s != 1 for s in strides):
-    return jax.vjp(lambda x, w: lax.conv_general_dilated(
-        x, w, strides, padding, None, rhs_dilation, dn, precision=precision), lhs, rhs)[1](g)
-  # The flipped kernel with input and output channels exchanged, as a real array.
-  kernel = lax.rev(rhs, dn.rhs_spec[2:])
-  kernel = jnp.swapaxes(kernel, dn.rhs_spec[0], dn.rhs_spec[1])
-  grad_lhs = lax.conv_general_dilated(
-      g, kernel, (1,) * len(strides),
-      _input_grad_padding(spatial_in, window, strides, spatial_out, padding, rhs_dilation),
-      lhs_dilation=strides, rhs_dilation=rhs_dilation, dimension_numbers=dn,
-      precision=precision)
-  _, weight_vjp = jax.vjp(
-      lambda w: lax.conv_general_dilated(lhs, w, strides, padding, None, rhs_dilation, dn,
-                                         precision=precision), rhs)
-  return grad_lhs, weight_vjp(g)[0]
+  if all(s == 1 for s in strides):
+    # The flipped kernel with input and output channels exchanged, as a real array.
+    kernel = lax.rev(rhs, dn.rhs_spec[2:])
+    kernel = jnp.swapaxes(kernel, dn.rhs_spec[0], dn.rhs_spec[1])
+    window = [rhs.shape[i] for i in dn.rhs_spec[2:]]
+    spatial_out = [g.shape[i] for i in dn.out_spec[2:]]
+    pads = _input_grad_padding(spatial_in, window, strides, spatial_out, padding,
+                               rhs_dilation)
+    return lax.conv_general_dilated(g, kernel, strides, pads, None, rhs_dilation, dn,
+                                    precision=precision), grad_rhs
+  # A 3-D input of few channels (I3D's RGB clip) keeps JAX's rule: its phases
+  # are dozens of 2-D convolutions with 3 output channels, which measured 4x
+  # slower than the rule inside lax.scan.
+  if len(strides) < 3 or lhs.shape[-1] >= 16:
+    return _strided_input_grad(g, rhs, strides, padding, spatial_in, precision), grad_rhs
+  return jax.vjp(lambda x: conv(x, rhs), lhs)[1](g)[0], grad_rhs
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
