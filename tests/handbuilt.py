@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 
+import stviz_jax as sv
 from stviz_jax import models
 
 RGB = models.StreamSpec(1, 16, 16, 3, (-1.0, 1.0))
@@ -32,3 +33,11 @@ def model():
       "colour": jnp.asarray(np.array(list(COLOUR_UNITS.values()), np.float32).T),
   }
   return models.wrap(apply, variables, {"rgb": RGB, "flow": FLOW}, name="handbuilt")
+
+
+def config(**fields):
+  """`default_config()` with the top-level `fields` set: the tests' shorthand."""
+  c = sv.default_config()
+  for k, v in fields.items():
+    setattr(c, k, v)
+  return c

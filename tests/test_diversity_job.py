@@ -23,16 +23,11 @@ SETTINGS = ("kappa1_gamma0", "kappa1_gamma10")
 
 
 def _config(**fields):
-  c = sv.default_config()
-  c.model = "handbuilt"
-  c.layer = "motion"
-  c.units = "0,2"            # rightward, downward
-  c.steps = STEPS
-  c.gammas = (0.0, 10.0)
+  c = handbuilt.config(**{"model": "handbuilt", "layer": "motion",
+                          "units": "0,2",  # rightward, downward
+                          "steps": STEPS, "gammas": (0.0, 10.0), **fields})
   c.objective.diversity = W
   c.objective.samples = K
-  for k, v in fields.items():
-    setattr(c, k, v)
   return c
 
 

@@ -12,11 +12,7 @@ import handbuilt
 
 
 def _config(steps=60, **kw):
-  c = sv.default_config()
-  c.steps = steps
-  for k, v in kw.items():
-    setattr(c, k, v)
-  return c
+  return handbuilt.config(steps=steps, **kw)
 
 
 @pytest.fixture(scope="module")
