@@ -31,6 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.redirect_relu_steps = 0       # steps with redirected ReLU gradients (0 = off).
   c.loop = "scan"                 # steps: scan | host (one compiled step per call; profiling).
   c.compute_dtype = "float32"     # network forward/backward dtype: float32 | bfloat16.
+  c.progress_every = 10.0         # log step, s/step and ETA inside a chunk every N s (0 = off).
 
   c.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=0.05,         # in units of the bound B (inputs are optimised as x / B).
@@ -73,6 +74,10 @@ def default_config() -> ml_collections.ConfigDict:
   # index. Each class must be a unit of a class_logit target on 'logits'; a
   # class_contrast target's A - B result joins its pair's page (and makes one).
   c.gallery = ml_collections.ConfigDict(dict(compare=""))
+  # Picture quality of every result (stviz_jax.quality; summary.json, the gallery):
+  # transform robustness under `transforms` seeded random crops / flips / time
+  # rolls / blurs (0 = off), spectral slope, temporal variation, flow speed.
+  c.quality = ml_collections.ConfigDict(dict(transforms=16, seed=0))
   c.sweep = ml_collections.ConfigDict(dict(
       memory_budget_gb=0.0,       # > 0: chunk_size (when 0) from XLA's memory analysis.
       resume=True,                # checkpoint finished chunks; a rerun continues.

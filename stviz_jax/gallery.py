@@ -76,7 +76,7 @@ from typing import Any, Mapping, Sequence
 from absl import app, flags, logging
 import numpy as np
 
-from stviz_jax import plots, render
+from stviz_jax import plots, quality, render
 
 GALLERY_DIR = "gallery"
 RESULT_FILE = "result.npz"
@@ -575,7 +575,8 @@ def _stale(path: str, source_mtime: float) -> bool:
 
 
 def ensure_media(layer: LayerRuns, encodings: Sequence[str] = ("rgb",),
-                 formats: Sequence[str] = DEFAULT_FORMATS, fps: float = 8.0,
+                 formats: Sequence[str] = DEFAULT_FORMATS,
+                 fps: float = render.DEFAULT_FPS,
                  workers: int | None = None) -> int:
   """Renders every missing or outdated unit medium and raw-array file.
 
@@ -730,6 +731,8 @@ a { color: #1a5fb4; } .crumbs { font-size: .9em; color: #666; }
 .tile { border: 1px solid #ddd; border-radius: 4px; padding: 4px; background: #fafafa; }
 .tile .media, .row .media, td .media { display: flex; gap: 3px; }
 .tile .cap { font-size: .85em; display: flex; justify-content: space-between; gap: .5em; }
+.tile .quality { font-size: .75em; color: #555; }
+td.ok { color: #080; font-weight: bold; } td.bad { color: #b00; font-weight: bold; }
 .tile.missing .media { visibility: hidden; }
 img.m, video.m { display: block; background: #eee; image-rendering: pixelated; }
 .view { text-align: center; font-size: .75em; color: #666; }
@@ -798,6 +801,8 @@ _JS = r"""
       t.classList.toggle('missing', !have);
       const cap = t.querySelector('.act');
       if (cap) { cap.textContent = have ? 'a = ' + acts[name].toPrecision(3) : 'not run'; }
+      const qual = t.querySelector('.quality');
+      if (qual) { qual.textContent = JSON.parse(t.dataset.quality || '{}')[name] || ''; }
     });
     document.querySelectorAll('img[data-stem]').forEach(function (img) {
       const tile = img.closest('.tile');
@@ -930,10 +935,14 @@ def _layer_page(workdir: str, layer: LayerRuns, page_dir: str, encodings: Sequen
   views = views_of(layer, encodings)
   ref = layer.runs[0]
   settings = [{"name": r.name, "label": r.label()} for r in layer.runs]
+  summary = _read_json(os.path.join(workdir, "summary.json")) or {}
+  names = _class_names_of(summary, layer)
   tiles = []
   for u in layer.units:
     acts = {r.name: float(r.activations[r.index(u)]) for r in layer.runs
             if r.index(u) is not None}
+    quality_text = {r.name: _quality_html(summary, layer, u, r.name) for r in layer.runs
+                    if r.index(u) is not None}
     holder = next(r for r in layer.runs if r.index(u) is not None)
     media = "".join(_media(page_dir, layer, holder, u, v, s, templated=True)
                     for v, s, _ in views)
@@ -943,11 +952,14 @@ def _layer_page(workdir: str, layer: LayerRuns, page_dir: str, encodings: Sequen
       if np.isfinite(row).any():
         best = int(np.nanargmax(np.where(np.isfinite(row), row, np.nan)))
         extra = f'<span title="class of maximum activity">{_e(stats.class_names[best])}</span>'
+    if u in names:
+      extra = f'<span class="cls" title="class">{_e(names[u])}</span>'
     tiles.append(
-        f'<div class="tile" data-unit="{u}" data-acts="{_e(json.dumps(acts))}">'
+        f'<div class="tile" data-unit="{u}" data-acts="{_e(json.dumps(acts))}" '
+        f'data-quality="{_e(json.dumps(quality_text))}">'
         f'<div class="media">{media}</div><div class="cap">'
         f'<a href="unit_{u:04d}.html">unit {u}</a>{extra}<span class="act"></span>'
-        f'</div></div>')
+        f'</div><div class="quality"></div></div>')
   radios = "".join(
       f'<label><input type="radio" name="setting" value="{_e(s["name"])}"'
       f'{" checked" if i == 0 else ""}> {_e(s["label"])}</label>'
@@ -1077,16 +1089,19 @@ def _unit_page(workdir: str, layer: LayerRuns, page_dir: str, unit: int,
            f'{_e(c.title)}</a>' for c in comparisons if c.shows(layer, unit)]
   compared = f'<div class="note">compared: {" · ".join(links)}</div>' if links else ""
   head = "".join(f"<th>{_e(v)}</th>" for v, _, _ in views)
+  summary = _read_json(os.path.join(workdir, "summary.json")) or {}
+  class_name = _class_names_of(summary, layer).get(unit)
   rows, downloads, configs = [], [], []
   for r in layer.runs:
     i = r.index(unit)
     if i is None:
-      rows.append(f"<tr><th>{_e(r.label())}</th><td colspan=\"{len(views) + 1}\">"
+      rows.append(f"<tr><th>{_e(r.label())}</th><td colspan=\"{len(views) + 2}\">"
                   "not run for this setting</td></tr>")
       continue
     cells = "".join(f"<td>{_media(page_dir, layer, r, unit, v, s, templated=False)}</td>"
                     for v, s, _ in views)
-    rows.append(f"<tr><th>{_e(r.label())}</th>{cells}<td>{float(r.activations[i]):.4g}</td></tr>")
+    rows.append(f"<tr><th>{_e(r.label())}</th>{cells}<td>{float(r.activations[i]):.4g}</td>"
+                f"<td class=\"note\">{_quality_html(summary, layer, unit, r.name)}</td></tr>")
     part = r.part(unit)
     downloads.append(f"<li>{_e(r.label())}: " + ", ".join(
         f'<a href="{_url(page_dir, os.path.join(part.dir, f))}">{_e(f)}</a>'
@@ -1105,12 +1120,12 @@ def _unit_page(workdir: str, layer: LayerRuns, page_dir: str, unit: int,
   body = f"""<header>
 <div class="crumbs"><a href="{_url(page_dir, os.path.join(workdir, 'index.html'))}">run</a> /
 <a href="index.html">{_e(layer.title)}</a> / unit {unit} &nbsp; {nav}</div>
-<h1>{_e(model)} · {_e(layer.title)} · unit {unit}</h1>
+<h1>{_e(model)} · {_e(layer.title)} · unit {unit}{f" · {_e(class_name)}" if class_name else ""}</h1>
 {compared}
 <div>{_legend_html(page_dir, gallery_dir, encodings, has_flow)}</div>
 </header>
 <h2>Inputs that maximise the unit</h2>
-<table class="rows"><tr><th>setting</th>{head}<th>final activation</th></tr>
+<table class="rows"><tr><th>setting</th>{head}<th>final activation</th><th>picture quality</th></tr>
 {chr(10).join(rows)}
 </table>
 {_samples_html(page_dir, layer, unit, views)}
@@ -1139,7 +1154,6 @@ def _compare_page(workdir: str, comp: Comparison, encodings: Sequence[str],
   gallery_dir = os.path.join(workdir, GALLERY_DIR)
   page_dir = os.path.join(gallery_dir, COMPARE_DIR)
   summary = _read_json(os.path.join(workdir, "summary.json")) or {}
-  target_names = {n.replace("/", "_"): n for n in summary.get("layers") or {}}
   groups = comp.groups()
   heads = []
   for heading, layer, unit in groups:
@@ -1165,8 +1179,7 @@ def _compare_page(workdir: str, comp: Comparison, encodings: Sequence[str],
       media = "".join(_media(page_dir, layer, run, unit, v, s, templated=False)
                       for v, s, _ in views_of(layer, encodings))
       cap = f"a = {float(run.activations[i]):.4g}"
-      entry = (((summary.get("layers") or {}).get(target_names.get(layer.target, layer.target))
-                or {}).get(name) or {})
+      entry = _summary_entry(summary, layer, name)
       rank = (entry.get("class_ranks") or {}).get(str(unit))
       if rank:
         cap += (f" · rank {rank['rank']} of the classes (top 3: "
@@ -1193,6 +1206,64 @@ minus the other’s. The rank is where the optimised input puts its own class am
   return _page(f"{comp.title} · {model}", body,
                _url(page_dir, os.path.join(gallery_dir, "gallery.css")),
                _url(page_dir, os.path.join(gallery_dir, "gallery.js")), None)
+
+
+def _summary_entry(summary: Mapping, layer: LayerRuns, setting: str) -> dict:
+  """The job's `summary.json` entry of one target and setting ({} when absent)."""
+  layers = summary.get("layers") or {}
+  names = {n.replace("/", "_"): n for n in layers}
+  return (layers.get(names.get(layer.target, layer.target)) or {}).get(setting) or {}
+
+
+def _class_names_of(summary: Mapping, layer: LayerRuns) -> dict[int, str]:
+  """Class names of a target's units (from `summary.json`; {} for channel units)."""
+  targets = summary.get("targets") or {}
+  names = {n.replace("/", "_"): n for n in targets}
+  entry = targets.get(names.get(layer.target, layer.target)) or {}
+  return {int(k): v for k, v in (entry.get("class_names") or {}).items()}
+
+
+def _quality_html(summary: Mapping, layer: LayerRuns, unit: int, setting: str) -> str:
+  q = (_summary_entry(summary, layer, setting).get("quality") or {}).get(str(unit))
+  if not q:
+    return ""
+  return _e(quality.describe(q, layer.layer == _LOGITS))
+
+
+_QUALITY_NOTE = ("Picture quality (stviz_jax.quality): <b>robust</b> = share of {n} seeded random "
+                 "crops (70-100 % area), flips, time rolls and blurs (up to 1.5 px) the "
+                 "optimisation never saw under which a class unit keeps rank 1 (channel "
+                 "units: keep half their activation); <b>slope</b> = power-spectrum slope "
+                 "of the frames, natural images about -2, noise 0 (goal {lo} to {hi}).")
+
+
+def _quality_table(workdir: str, summary: Mapping, layers: Sequence[LayerRuns]) -> str:
+  block = summary.get("quality")
+  if not block:
+    return ""
+  rows = []
+  for layer in layers:
+    names = {n.replace("/", "_"): n for n in block.get("targets") or {}}
+    per = (block.get("targets") or {}).get(names.get(layer.target, layer.target)) or {}
+    for r in layer.runs:
+      b = per.get(r.name)
+      if not b:
+        continue
+      lo_hi = b.get("slope_range")
+      slope = f"{lo_hi[0]:.2f} to {lo_hi[1]:.2f}" if lo_hi else "-"
+      ok = b["passing"] == b["units"]
+      rows.append(f'<tr><th>{_e(layer.title)}</th><td>{_e(r.label())}</td>'
+                  f'<td class="{"ok" if ok else "bad"}">{b["passing"]} / {b["units"]}</td>'
+                  f'<td>{b["min_robust"]:.0%}</td><td>{slope}</td></tr>')
+  goal = block.get("goal") or {}
+  lo, hi = goal.get("slope_range", quality.SLOPE_RANGE)
+  note = _QUALITY_NOTE.format(n=block.get("transforms", "?"), lo=lo, hi=hi)
+  return (f'<h2>Picture quality</h2><p class="note">{note} A unit passes when its slope is in '
+          f'range and, for class units, it is robust under at least '
+          f'{goal.get("robust", quality.ROBUST_GOAL):.0%} of them.</p>'
+          '<table class="rows"><tr><th>target</th><th>setting</th><th>units passing</th>'
+          '<th>least robust unit</th><th>slope of the frames</th></tr>'
+          + "".join(rows) + "</table>")
 
 
 def _index_page(workdir: str, layers: Sequence[LayerRuns], figures: Mapping[str, Any],
@@ -1229,6 +1300,7 @@ def _index_page(workdir: str, layers: Sequence[LayerRuns], figures: Mapping[str,
 <div class="note">{info} · {' · '.join(links)}</div></header>
 <h2>Layers</h2>
 {chr(10).join(cards) or '<p>No results found (no */*/result.npz).</p>'}
+{_quality_table(workdir, summary, layers)}
 {compare}
 """
   return _page(f"{model} · stviz_jax", body,
@@ -1237,7 +1309,7 @@ def _index_page(workdir: str, layers: Sequence[LayerRuns], figures: Mapping[str,
 
 
 def build(workdir: str, stats: str | None = None, encodings: Sequence[str] = ("rgb",),
-          formats: Sequence[str] = DEFAULT_FORMATS, fps: float = 8.0,
+          formats: Sequence[str] = DEFAULT_FORMATS, fps: float = render.DEFAULT_FPS,
           figure_units: int = FIGURE_UNITS, compare: str | Sequence | None = None) -> str:
   """Writes the gallery of everything under `workdir`; returns `index.html`'s path.
 
@@ -1347,7 +1419,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Work directory of a run (stviz_jax.main).")
   flags.DEFINE_string("stats", "", "Optional statistics file (JSON or npz).")
   flags.DEFINE_string("encodings", "rgb", "Flow colourings, comma separated: rgb, hsv.")
-  flags.DEFINE_float("fps", 8.0, "Frame rate of rendered videos.")
+  flags.DEFINE_float("fps", render.DEFAULT_FPS,
+                     "Frame rate of rendered videos (4: an 8-frame clip loops in 2 s).")
   flags.DEFINE_integer("figure_units", FIGURE_UNITS, "Rows of each layer's figure.")
   flags.DEFINE_string("compare", "", "Class units side by side: 'A:B;C:D' (class names or "
                       "indices); default: the run's config.gallery.compare.")

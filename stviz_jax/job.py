@@ -47,7 +47,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from stviz_jax import gallery, models, render, sweep
+from stviz_jax import gallery, models, quality, render, sweep
 from stviz_jax.optimize import Result, Visualizer, _atomic_savez, build_target, run_diverse
 
 
@@ -311,8 +311,9 @@ def save_unit_media(out_dir: str, result: Result, config, i: int) -> dict[str, s
   return files
 
 
-def layer_grid(results: Sequence[Result]) -> np.ndarray:
-  """Units (rows) x settings (columns); each cell all streams side by side."""
+def layer_grid(results: Sequence[Result], row_labels: Sequence[str] | None = None,
+               col_labels: Sequence[str] | None = None) -> np.ndarray:
+  """Units (rows) x settings (columns); each cell all streams side by side, with labels."""
   rows = []
   for i in range(len(results[0].units)):
     row = []
@@ -323,7 +324,22 @@ def layer_grid(results: Sequence[Result]) -> np.ndarray:
     rows.append(row)
   tile = rows[0][0]
   scale = max(1, 96 // tile.shape[0])
-  return render.grid([[render.upscale(t, scale) for t in row] for row in rows])
+  tiles = [[render.upscale(t, scale) for t in row] for row in rows]
+  h, w = tiles[0][0].shape[:2]
+  return render.add_labels(render.grid(tiles)[None], h, w, 2, row_labels, col_labels)[0]
+
+
+def unit_label(unit: int, labels: Sequence[str] | None, layer: str) -> str:
+  """'unit 3', or for a class unit 'playing chess (#61)'."""
+  if layer == models.LOGITS and labels:
+    return f"{labels[int(unit)]} (#{int(unit)})"
+  return f"unit {int(unit)}"
+
+
+def setting_label(result: Result) -> str:
+  """'gamma = 10' for the temporal setting of a result ('default' when none)."""
+  kg = result.settings.get("flow") or next(iter(result.settings.values()), None)
+  return "default" if kg is None else f"kappa={kg[0]:g} gamma={kg[1]:g}"
 
 
 def sample_spread(result: Result) -> dict[str, float]:
@@ -402,7 +418,8 @@ def run_diverse_units(vis: Visualizer, units: Sequence[int], tv: dict,
   return result, per_unit
 
 
-def samples_grid(per_unit: dict[int, Result]) -> np.ndarray:
+def samples_grid(per_unit: dict[int, Result],
+                 row_labels: Sequence[str] | None = None) -> np.ndarray:
   """Units (rows) x the K samples (columns); each cell all streams side by side."""
   units = list(per_unit)
   k = len(per_unit[units[0]].units)
@@ -410,7 +427,7 @@ def samples_grid(per_unit: dict[int, Result]) -> np.ndarray:
       per_unit[units[0]], units=np.asarray(units),
       inputs={s: np.stack([per_unit[u].inputs[s][j] for u in units])
               for s in per_unit[units[0]].inputs}) for j in range(k)]
-  return layer_grid(columns)
+  return layer_grid(columns, row_labels, [f"sample {j}" for j in range(k)])
 
 
 def class_ranks(model: models.Model, result: Result) -> dict[str, dict]:
@@ -428,6 +445,19 @@ def class_ranks(model: models.Model, result: Result) -> dict[str, dict]:
         "rank": rank, "logit": float(logits[i, int(unit)]),
         "top3": [model.labels[j] if model.labels else int(j) for j in order[:3]]}
   return out
+
+
+def quality_transforms(config: ml_collections.ConfigDict,
+                       model: models.Model) -> quality.TransformSet | None:
+  """The seeded evaluation transforms of `config.quality` (None when off)."""
+  cfg = config.get("quality", None) or {}
+  n = int(cfg.get("transforms", 16))
+  if n < 0:
+    raise ValueError(f"config.quality.transforms must be >= 0 (0 = no quality measures), got {n}")
+  if n == 0:
+    return None
+  frames = max(s.frames for s in model.spec.streams.values())
+  return quality.transform_set(n, frames=frames, seed=int(cfg.get("seed", 0)))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -460,6 +490,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = {"model": model.name, "seed": config.seed, "layers": {}, "targets": {}}
   if comparisons:
     summary["comparisons"] = comparisons
+  eval_transforms = quality_transforms(config, model)
+  if eval_transforms is not None:
+    summary["quality"] = {"transforms": len(eval_transforms),
+                          "goal": {"robust": quality.ROBUST_GOAL,
+                                   "slope_range": list(quality.SLOPE_RANGE)},
+                          "targets": {}}
   t0 = time.time()
   compilations = 0
   for n, target in enumerate(targets, 1):
@@ -504,6 +540,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       }
       if class_names is not None:
         entry["class_ranks"] = class_ranks(model, result)
+      if eval_transforms is not None:
+        entry["quality"] = quality.assess(model, layer, result.inputs, result.units,
+                                          eval_transforms)
+        block = quality.summarise(entry["quality"], layer == models.LOGITS)
+        summary["quality"]["targets"].setdefault(target.name, {})[name] = block
       if samples:
         per_unit = diverse[j]
         entry["samples"] = {
@@ -512,7 +553,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "activations": {str(u): [float(a) for a in r.activations]
                             for u, r in per_unit.items()},
             "spread": {str(u): sample_spread(r) for u, r in per_unit.items()}}
-        render.save_png(os.path.join(out_dir, "samples_grid.png"), samples_grid(per_unit))
+        render.save_png(os.path.join(out_dir, "samples_grid.png"), samples_grid(
+            per_unit, [unit_label(u, model.labels, layer) for u in per_unit]))
       summary["layers"].setdefault(target.name, {})[name] = entry
       results.append(result)
     summary["targets"][target.name] = {
@@ -520,10 +562,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         **({"other": int(target.objective.other)}
            if target.kind in ("class_contrast", "channel_interaction") else {}),
         **({"class_names": class_names} if class_names is not None else {})}
-    render.save_png(os.path.join(target_dir, "grid.png"), layer_grid(results))
+    render.save_png(os.path.join(target_dir, "grid.png"), layer_grid(
+        results, [unit_label(u, model.labels, layer) for u in results[0].units],
+        [setting_label(r) for r in results]))
     compilations += vis.trace_count
   summary["seconds"] = round(time.time() - t0, 2)
   summary["compilations"] = compilations
+  if eval_transforms is not None:
+    blocks = [b for per in summary["quality"]["targets"].values() for b in per.values()]
+    summary["quality"]["passing"] = sum(b["passing"] for b in blocks)
+    summary["quality"]["units"] = sum(b["units"] for b in blocks)
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   gallery.build(workdir)

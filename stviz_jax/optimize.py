@@ -44,6 +44,7 @@ import optax
 
 from stviz_jax import objective as objective_lib
 from stviz_jax import param as param_lib
+from stviz_jax import progress as progress_lib
 from stviz_jax import regularizers
 from stviz_jax import transforms as transforms_lib
 from stviz_jax.models import LOGITS, Model, conv as conv_lib, layers as layers_lib
@@ -258,6 +259,9 @@ class Visualizer:
         with_compute_dtype(model.apply, config.get("compute_dtype", "float32")),
         self.target, self.weights)
     self.trace_count = 0
+    # Steps, s/step and ETA logged from inside the compiled loop (0 = off).
+    self.progress = progress_lib.StepProgress(float(config.get("progress_every", 10.0)))
+    self.last_timing = (0.0, 0.0)  # (start-up incl. compilation, loop) seconds of the last call.
     self._run = jax.jit(self._run_chunk)
     self._start_j = jax.jit(jax.vmap(self._start))
     self._step_j = jax.jit(self._step_chunk, donate_argnums=(3,))
@@ -336,28 +340,35 @@ class Visualizer:
     with _cpu_rewrites():
       return x, self.terms(variables, x, unit, tv)["activation"]
 
-  def _single(self, variables, unit, key, tv):
-    state = self._start(key)
-    state, (obj_hist, act_hist) = jax.lax.scan(
-        lambda st, step: self._step(variables, unit, tv, st, step), state,
-        jnp.arange(self.config.steps))
-    x, activation = self._finish(variables, unit, tv, state[0])
-    return x, activation, {"objective": obj_hist, "activation": act_hist}
+  def _vmapped_step(self, variables, units, tv, state, step):
+    return jax.vmap(self._step, in_axes=(None, 0, 0, 0, None))(variables, units, tv, state,
+                                                                step)
 
   def _run_chunk(self, variables, units, keys, tv):
+    """The whole optimisation of a chunk: a `lax.scan` over steps of the vmapped step
+    (the same arithmetic as a vmap of per-unit scans, and one place to report progress)."""
     self.trace_count += 1  # runs only while tracing.
-    return jax.vmap(self._single, in_axes=(None, 0, 0, 0))(variables, units, keys, tv)
+
+    def body(state, step):
+      self.progress.in_loop(step)
+      return self._vmapped_step(variables, units, tv, state, step)
+
+    state, (obj, act) = jax.lax.scan(body, jax.vmap(self._start)(keys),
+                                     jnp.arange(self.config.steps))
+    x, activation = jax.vmap(self._finish, in_axes=(None, 0, 0, 0))(variables, units, tv,
+                                                                    state[0])
+    return x, activation, {"objective": obj.T, "activation": act.T}
 
   def _step_chunk(self, variables, units, tv, state, step):
     self.trace_count += 1  # runs only while tracing.
-    return jax.vmap(self._step, in_axes=(None, 0, 0, 0, None))(variables, units, tv, state,
-                                                                step)
+    return self._vmapped_step(variables, units, tv, state, step)
 
   def _host_loop(self, variables, units, keys, tv):
     """The steps as a host loop over one compiled vmapped step (see `loop`)."""
     state = self._start_j(keys)
     objs, acts = [], []
     for step in range(self.config.steps):
+      self.progress.tick(step)
       state, (obj, act) = self._step_j(variables, units, tv, state, np.int32(step))
       objs.append(obj)
       acts.append(act)
@@ -424,7 +435,9 @@ class Visualizer:
       units, keys, tv = jax.device_put((units, keys, tv), sharding)
       variables = jax.device_put(variables, replicated)
     run = self._run if self.loop == "scan" else self._host_loop
+    self.progress.start(f"{self.layer}: {len(units)} unit(s)", self.config.steps)
     out = jax.device_get(run(variables, units, keys, tv))
+    self.last_timing = self.progress.finish()
     _check_finite(out[2]["objective"], np.asarray(jax.device_get(units)))
     return out
 
@@ -531,18 +544,30 @@ class _DiverseSamples:
 
   def _run(self, variables, unit, keys, tv, weight):
     self.vis.trace_count += 1  # runs only while tracing.
-    state, (obj, act) = jax.lax.scan(
-        lambda st, step: self._step(variables, unit, tv, weight, st, step),
-        self._start(keys), jnp.arange(self.vis.config.steps))
+
+    def body(state, step):
+      self.vis.progress.in_loop(step)
+      return self._step(variables, unit, tv, weight, state, step)
+
+    state, (obj, act) = jax.lax.scan(body, self._start(keys), jnp.arange(self.vis.config.steps))
     x, final = self._finish(variables, unit, tv, state[0])
     return x, final, {"objective": obj, "activation": act}
 
   def __call__(self, variables, unit, keys, tv, weight):
+    self.vis.progress.start(f"{self.vis.layer}: unit {int(unit)} x {len(keys)} samples",
+                            self.vis.config.steps)
+    try:
+      return self._call(variables, unit, keys, tv, weight)
+    finally:
+      self.vis.last_timing = self.vis.progress.finish()
+
+  def _call(self, variables, unit, keys, tv, weight):
     if self.vis.loop == "scan":
       return self._run_j(variables, unit, keys, tv, weight)
     state = self._start_j(keys)
     objs, acts = [], []
     for step in range(self.vis.config.steps):
+      self.vis.progress.tick(step)
       state, (obj, act) = self._step_j(variables, unit, tv, weight, state, np.int32(step))
       objs.append(obj)
       acts.append(act)

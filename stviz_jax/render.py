@@ -33,6 +33,9 @@ import imageio_ffmpeg
 import numpy as np
 
 VIDEO_FORMATS = ("gif", "mp4", "webm")
+# Playback rate of every clip: optimised clips are short (8-16 frames), and at
+# 4 frames per second an 8-frame loop lasts 2 s, slow enough to follow the motion.
+DEFAULT_FPS = 4.0
 ENCODINGS = ("rgb", "hsv")
 
 
@@ -196,7 +199,7 @@ def save_png(path: str, image: np.ndarray) -> None:
   atomic_write(path, iio.imwrite("<bytes>", image, extension=".png"))
 
 
-def save_gif(path: str, frames: np.ndarray, fps: float = 8.0) -> None:
+def save_gif(path: str, frames: np.ndarray, fps: float = DEFAULT_FPS) -> None:
   """Looping GIF of `(T, H, W, 3)` uint8 frames."""
   atomic_write(path, iio.imwrite("<bytes>", frames, extension=".gif",
                                   duration=1000.0 / fps, loop=0))
@@ -211,7 +214,7 @@ _VIDEO_CODECS = {
 }
 
 
-def save_video(path: str, frames: np.ndarray, fps: float = 8.0) -> None:
+def save_video(path: str, frames: np.ndarray, fps: float = DEFAULT_FPS) -> None:
   """MP4 (H.264) or WebM (VP9), chosen by `path`'s extension, via imageio-ffmpeg.
 
   Frames `(T, H, W, 3)` uint8; odd heights/widths are padded by repeating the
@@ -239,7 +242,7 @@ def save_video(path: str, frames: np.ndarray, fps: float = 8.0) -> None:
 
 
 def save_frames(stem: str, frames: np.ndarray, formats: Sequence[str] = ("png", "gif"),
-                fps: float = 8.0) -> dict[str, str]:
+                fps: float = DEFAULT_FPS) -> dict[str, str]:
   """Writes `(T, H, W, 3)` uint8 frames as `stem.<format>` for each format.
 
   "png" is the middle frame (the whole clip when T = 1); "gif", "mp4",
@@ -267,7 +270,7 @@ def save_frames(stem: str, frames: np.ndarray, formats: Sequence[str] = ("png", 
 
 def save_stream_media(stem: str, stream: str, x: np.ndarray,
                       formats: Sequence[str] = ("png", "gif", "mp4", "webm"),
-                      encoding: str = "rgb", fps: float = 8.0,
+                      encoding: str = "rgb", fps: float = DEFAULT_FPS,
                       target_size: int = 128) -> dict[str, str]:
   """Renders one stream's `(T, H, W, C)` input to `stem.<format>` files.
 
@@ -371,19 +374,60 @@ def figure(cells: Sequence[Sequence[Mapping[str, np.ndarray]]],
     frames.append(grid(tiles, pad))
   out = np.stack(frames)
   cell_h, cell_w = tiles[0][0].shape[:2]
+  return add_labels(out, cell_h, cell_w, pad, row_labels, col_labels)
+
+
+def _wrap(draw, font, text: str, width: int) -> list[str]:
+  """`text` broken at spaces into lines no wider than `width` pixels (long words stay whole)."""
+  lines, line = [], ""
+  for word in str(text).split():
+    trial = f"{line} {word}".strip()
+    if line and draw.textlength(trial, font=font) > width:
+      lines.append(line)
+      line = word
+    else:
+      line = trial
+  return lines + ([line] if line else [])
+
+
+def _text_cell(text: str, width: int, height: int) -> np.ndarray:
+  """A white `(height, width, 3)` image with `text` wrapped and centred."""
+  from PIL import Image, ImageDraw, ImageFont  # pillow: an install requirement.
+  img = Image.new("RGB", (width, height), (255, 255, 255))
+  draw = ImageDraw.Draw(img)
+  font = ImageFont.load_default()
+  lines = _wrap(draw, font, text, width - 4)
+  line_h = 12
+  y = max(0, (height - line_h * len(lines)) // 2)
+  for line in lines:
+    tw = draw.textlength(line, font=font)
+    draw.text((max(0, (width - tw) // 2), y), line, fill=(0, 0, 0), font=font)
+    y += line_h
+  return np.asarray(img)
+
+
+def add_labels(frames: np.ndarray, cell_h: int, cell_w: int, pad: int,
+               row_labels: Sequence[str] | None = None,
+               col_labels: Sequence[str] | None = None) -> np.ndarray:
+  """A grid's `(T, H, W, 3)` frames (`grid` layout) with a label above each column
+  and left of each row; long labels (e.g. class names) wrap onto several lines."""
+  out = frames
+  length = out.shape[0]
   if col_labels is not None:
-    strip = _label_strip(col_labels, [cell_w] * len(col_labels), 16, pad)
-    strip = strip[:, :out.shape[2]]
-    strip = np.pad(strip, ((0, 0), (0, out.shape[2] - strip.shape[1]), (0, 0)),
-                   constant_values=255)
+    strip = np.full((16, out.shape[2], 3), 255, np.uint8)
+    for j, text in enumerate(col_labels):
+      x = pad + j * (cell_w + pad)
+      if x + cell_w > out.shape[2]:
+        break
+      strip[:, x:x + cell_w] = _text_cell(text, cell_w, 16)
     out = np.concatenate([np.broadcast_to(strip, (length,) + strip.shape), out], axis=1)
   if row_labels is not None:
-    top = out.shape[1] - (len(coloured) * (cell_h + pad) + pad)
-    strip = np.full((out.shape[1], 48, 3), 255, np.uint8)
+    width = 96 if any(len(str(t)) > 8 for t in row_labels) else 48
+    top = out.shape[1] - (len(row_labels) * (cell_h + pad) + pad)
+    strip = np.full((out.shape[1], width, 3), 255, np.uint8)
     for i, text in enumerate(row_labels):
-      label = _label_strip([text], [44], cell_h, 2)
       y = top + pad + i * (cell_h + pad)
-      strip[y:y + cell_h] = label[:, :48]
+      strip[y:y + cell_h] = _text_cell(text, width, cell_h)
     out = np.concatenate([np.broadcast_to(strip, (length,) + strip.shape), out], axis=2)
   return np.ascontiguousarray(out)
 
@@ -392,7 +436,7 @@ def save_figure(stem: str, cells: Sequence[Sequence[Mapping[str, np.ndarray]]],
                 row_labels: Sequence[str] | None = None,
                 col_labels: Sequence[str] | None = None,
                 formats: Sequence[str] = ("png", "gif", "mp4"), encoding: str = "rgb",
-                fps: float = 8.0, target_size: int = 96,
+                fps: float = DEFAULT_FPS, target_size: int = 96,
                 meta: Mapping | None = None) -> dict[str, str]:
   """Writes `figure(...)` as `stem.<format>` plus its raw arrays `stem.npz`.
 

@@ -176,12 +176,11 @@ def run_sweep(vis: Visualizer, units: Sequence[int],
     if i in done:
       outs.append(store.restore(i))
       continue
-    t = time.time()
     traces = vis.trace_count
     out = vis.run_chunk(np.array([u for u, _ in part], np.int32),
                         [full[k] for _, k in part], seed, sharding, replicated)
     if vis.trace_count > traces:
-      compile_s = time.time() - t  # first call of the sweep: compile + run.
+      compile_s = vis.last_timing[0]  # start-up of the call that compiled.
     if store:
       store.save(i, out)
     outs.append(out)
@@ -192,7 +191,7 @@ def run_sweep(vis: Visualizer, units: Sequence[int],
                  vis.layer, i + 1, n_chunks, n_done, len(elements), rate,
                  (len(elements) - n_done) / max(rate, 1e-9))
   total = time.time() - t0
-  logging.info("%s: sweep of %d pairs done in %.1fs (first chunk incl. compile %.1fs, "
+  logging.info("%s: sweep of %d pairs done in %.1fs (of which compilation %.1fs, "
                "%d chunks restored, %d compilation(s))", vis.layer, len(elements), total,
                compile_s, len(done), vis.trace_count)
 

@@ -227,3 +227,17 @@ def test_save_figure_keeps_raw_arrays(tmp_path):
   # Remade from the raw arrays alone, the figure is the same picture.
   again = render.figure(back, row_labels, col_labels)
   np.testing.assert_array_equal(iio.imread(files["png"]), again[len(again) // 2])
+
+
+def test_labelled_grid_has_row_and_column_labels():
+  tile = np.full((40, 60, 3), 128, np.uint8)
+  grid = render.grid([[tile, tile], [tile, tile]])
+  labelled = render.add_labels(grid[None], 40, 60, 2, ["playing chess (#224)", "unit 3"],
+                               ["kappa=1 gamma=0", "kappa=1 gamma=10"])[0]
+  assert labelled.shape[0] == grid.shape[0] + 16  # a strip of column labels on top,
+  assert labelled.shape[1] == grid.shape[1] + 96  # a column of (long) row labels on the left.
+  top, left = labelled[:16, 96:], labelled[16:, :96]
+  assert (top < 100).any() and (left < 100).any()  # dark text drawn in both.
+  # Each label sits over its own column / beside its own row.
+  assert (top[:, 2:62] < 100).any() and (top[:, 64:124] < 100).any()
+  assert (left[2:42] < 100).any() and (left[44:84] < 100).any()
