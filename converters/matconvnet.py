@@ -29,7 +29,6 @@ input of a final softmax/loss layer, with 1x1 spatial dimensions dropped.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -43,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from converters import common
+from stviz_jax import cli
 from stviz_jax.models import base, checkpoint, layers as layers_lib
 
 
@@ -766,11 +766,12 @@ def _bias_vec(b):
 ARCHITECTURE = "matconvnet"
 
 
-def save(output: str, path: str, **kwargs) -> base.Model:
+def save(output: str, path: str, overwrite: bool = False, **kwargs) -> base.Model:
   """Converts and writes a weights directory; `load_converted(output)` reads it back."""
+  checkpoint.check_output(output, overwrite=overwrite, inputs=[path])
   model = load(path, **kwargs)
   common.save(output, model.variables, source=path, architecture=ARCHITECTURE,
-              fmt="matconvnet", options={k: (list(v) if isinstance(v, tuple) else v)
+              fmt="matconvnet", overwrite=overwrite, options={k: (list(v) if isinstance(v, tuple) else v)
                                          for k, v in kwargs.items()})
   return model
 
@@ -788,14 +789,17 @@ def load_converted(path: str) -> base.Model:
   return load(src, variables=variables, **meta.get("options", {}))
 
 
+@cli.entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m converters.matconvnet",
       description="Convert a MatConvNet SimpleNN/DagNN .mat net into a stviz_jax "
                   "weights directory (read it back with converters.matconvnet."
                   "load_converted).")
   parser.add_argument("mat", help="the .mat file with variable 'net'")
-  parser.add_argument("output", help="weights directory to write (replaced atomically)")
+  parser.add_argument("output", help="weights directory to write (new, empty or a "
+                                      "previous conversion, replaced atomically)")
+  common.add_output_flags(parser)
   parser.add_argument("--flow", action="store_true",
                       help="read a 2k-channel input as k (u, v) flow frames")
   parser.add_argument("--input-size", default=None,
@@ -808,30 +812,28 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--arg", action="append", default=[], metavar="KEY=JSON",
                       help="with --architecture: zoo factory argument, e.g. num_classes=51")
   args = parser.parse_args(argv)
-  try:
-    if args.architecture:
-      overrides = {}
-      for item in args.arg:
-        key, _, value = item.partition("=")
-        try:
-          overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-          overrides[key] = value
-      model, kwargs = to_zoo(args.mat, args.architecture, **overrides)
-      common.save(args.output, model.variables, source=args.mat,
-                  architecture=args.architecture, fmt="matconvnet",
-                  load_kwargs=kwargs)
-      hint = (f"stviz_jax.models.load({args.architecture!r}, weights={args.output!r}"
-              + "".join(f", {k}={v!r}" for k, v in kwargs.items()) + ")")
-    else:
-      kwargs = {"flow": args.flow}
-      if args.input_size:
-        kwargs["input_size"] = args.input_size
-      model = save(args.output, args.mat, **kwargs)
-      hint = f"converters.matconvnet.load_converted({args.output!r})"
-  except (MatConvNetError, common.ConversionError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  # Errors become one line (exit code 2 for bad input) in stviz_jax.cli.
+  checkpoint.check_output(args.output, overwrite=args.overwrite, inputs=[args.mat])
+  if args.architecture:
+    overrides = {}
+    for item in args.arg:
+      key, _, value = item.partition("=")
+      try:
+        overrides[key] = json.loads(value)
+      except json.JSONDecodeError:
+        overrides[key] = value
+    model, kwargs = to_zoo(args.mat, args.architecture, **overrides)
+    common.save(args.output, model.variables, source=args.mat,
+                architecture=args.architecture, fmt="matconvnet",
+                overwrite=args.overwrite, load_kwargs=kwargs)
+    hint = (f"stviz_jax.models.load({args.architecture!r}, weights={args.output!r}"
+            + "".join(f", {k}={v!r}" for k, v in kwargs.items()) + ")")
+  else:
+    kwargs = {"flow": args.flow}
+    if args.input_size:
+      kwargs["input_size"] = args.input_size
+    model = save(args.output, args.mat, overwrite=args.overwrite, **kwargs)
+    hint = f"converters.matconvnet.load_converted({args.output!r})"
   common.report_written(args.output, model, hint)
   return 0
 

@@ -31,7 +31,6 @@ Tables:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -44,6 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from converters import common
+from stviz_jax import cli
+from stviz_jax.models import checkpoint
 
 
 class PyTorchError(ValueError):
@@ -437,24 +438,32 @@ def convert(path: str, table: str = "torchvision_vgg16", *, tower: str = "rgb",
 
 
 def save(output: str, path: str, table: str = "torchvision_vgg16", *, tower: str = "rgb",
-         target=None, **overrides):
-  """Converts and writes a weights directory for `stviz_jax.models.load(arch, weights=output)`."""
+         target=None, overwrite: bool = False, **overrides):
+  """Converts and writes a weights directory for `stviz_jax.models.load(arch, weights=output)`.
+
+  `output` may be new, empty or a previous conversion; any other directory
+  only with `overwrite` (`checkpoint.check_output`).
+  """
+  checkpoint.check_output(output, overwrite=overwrite, inputs=[path])
   model, kwargs = convert(path, table, tower=tower, target=target, **overrides)
   common.save(output, model.variables, source=path, architecture=TABLES[table].architecture,
-              fmt="pytorch", table=table, tower=tower,
+              fmt="pytorch", overwrite=overwrite, table=table, tower=tower,
               load_kwargs={k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()})
   return model, kwargs
 
 
+@cli.entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m converters.pytorch",
       description="Convert a PyTorch state dict (.pth/.pt via torch.load(weights_only="
                   "True), or .safetensors without torch) into a stviz_jax weights "
                   "directory for a zoo architecture. Tables: "
                   + ", ".join(f"{k} -> {v.architecture}" for k, v in TABLES.items()))
   parser.add_argument("weights", help=".pth, .pt or .safetensors file")
-  parser.add_argument("output", help="weights directory to write (replaced atomically)")
+  parser.add_argument("output", help="weights directory to write (new, empty or a "
+                                      "previous conversion, replaced atomically)")
+  common.add_output_flags(parser)
   parser.add_argument("--table", default="torchvision_vgg16", choices=sorted(TABLES))
   parser.add_argument("--tower", default="rgb", choices=["rgb", "flow"],
                       help="zoo tower to fill (two-stream architectures)")
@@ -463,11 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   overrides = {}
   if args.num_classes is not None:
     overrides["num_classes"] = args.num_classes
-  try:
-    model, kwargs = save(args.output, args.weights, args.table, tower=args.tower, **overrides)
-  except (PyTorchError, common.ConversionError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  # Errors become one line (exit code 2 for bad input) in stviz_jax.cli.
+  model, kwargs = save(args.output, args.weights, args.table, tower=args.tower,
+                       overwrite=args.overwrite, **overrides)
   args_text = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
   print(f"wrote {args.output}; load it with stviz_jax.models.load("
         f"{TABLES[args.table].architecture!r}, weights={args.output!r}, {args_text})")

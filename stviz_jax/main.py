@@ -5,12 +5,11 @@ a misspelt field fails with the list of valid ones (`lock_config=True`).
 """
 
 import logging as std_logging
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from stviz_jax import job
+from stviz_jax import cli, job
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True)
@@ -30,12 +29,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  try:
-    job.run(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
-    # Bad input (unknown layer, unit, class, file) is one clear line, not a traceback.
-    sys.exit(f"error: {e}")
+  # Bad input (unknown layer, unit, class, file) is one clear line, not a
+  # traceback: stviz_jax.cli turns what this raises into it.
+  job.run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_absl(main)

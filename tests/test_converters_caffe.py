@@ -593,7 +593,7 @@ def test_cli_writes_weights_that_load_back(fixtures_dir, tmp_path):
   logits = model({"input": images[:, None, :, :, None]})
   np.testing.assert_array_equal(np.argmax(logits, -1), labels)
   # A failing conversion leaves nothing behind.
-  assert caffe.main([str(tmp_path / "bad"), "--net", proto, LENETS[0][0]]) == 1
+  assert caffe.main([str(tmp_path / "bad"), "--net", proto, LENETS[0][0]]) == 2  # bad input
   assert not (tmp_path / "bad").exists()
 
 

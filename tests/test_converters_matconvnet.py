@@ -205,7 +205,7 @@ def test_cli_round_trip(fixtures_dir, imdb, tmp_path):
   x = imdb[0][:8]
   np.testing.assert_array_equal(matconvnet.load_converted(out)({"rgb": x}),
                                 matconvnet.load(src)({"rgb": x}))
-  assert matconvnet.main([str(tmp_path / "nope.mat"), str(tmp_path / "bad")]) == 1
+  assert matconvnet.main([str(tmp_path / "nope.mat"), str(tmp_path / "bad")]) == 2  # bad input
   assert not (tmp_path / "bad").exists()
 
 

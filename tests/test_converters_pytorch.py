@@ -169,7 +169,7 @@ def test_cli_writes_a_weights_dir(tmp_path, target):
   assert meta["load_kwargs"]["streams"] == ["rgb"]
   for k, v in common.flatten(model.variables).items():
     np.testing.assert_array_equal(common.flatten(variables)[k], v)
-  assert pytorch.main([str(tmp_path / "nope.pth"), str(tmp_path / "bad")]) == 1
+  assert pytorch.main([str(tmp_path / "nope.pth"), str(tmp_path / "bad")]) == 2  # bad input
   assert not (tmp_path / "bad").exists()
 
 

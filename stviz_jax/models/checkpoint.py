@@ -5,8 +5,9 @@ Layout of a weights directory::
     <path>/variables/     orbax StandardCheckpointer tree (the Flax variables)
     <path>/metadata.json  {"architecture", "source", "source_sha256", ...}
 
-Writes go to a temporary sibling directory that is renamed into place, so an
-interrupted conversion never leaves a half-written checkpoint at `path`.
+Writes go to a temporary sibling directory that is swapped into place, so an
+interrupted conversion never leaves a half-written checkpoint at `path`; a
+directory that is not a previous conversion is never replaced unasked.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from stviz_jax import files
+
 
 def sha256(path: str) -> str:
   h = hashlib.sha256()
@@ -31,9 +34,82 @@ def sha256(path: str) -> str:
   return h.hexdigest()
 
 
-def save(path: str, variables: Any, metadata: dict) -> None:
-  """Saves `variables` and `metadata` at `path` atomically (replacing it)."""
+# What a weights directory holds; anything else in it is not ours to delete.
+ENTRIES = ("metadata.json", "variables")
+
+
+def is_weights_dir(path: str) -> bool:
+  """Whether `path` holds exactly a weights directory written by `save`."""
+  return (os.path.isdir(path) and os.path.isfile(os.path.join(path, "metadata.json"))
+          and os.path.isdir(os.path.join(path, "variables"))
+          and set(os.listdir(path)) <= set(ENTRIES))
+
+
+def _inputs_of(metadata: dict) -> list[str]:
+  """The source files a converter read, as recorded in its metadata."""
+  paths = [metadata.get("source"), metadata.get("prototxt_source")]
+  for part in metadata.get("parts") or ():
+    if isinstance(part, dict):
+      paths += [part.get("prototxt"), part.get("caffemodel")]
+  return [p for p in paths if isinstance(p, str) and p]
+
+
+def _inside(path: str, folder: str) -> bool:
+  path, folder = os.path.realpath(path), os.path.realpath(folder)
+  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_output(path: str, *, overwrite: bool = False, inputs=()) -> None:
+  """Raises unless writing a weights directory at `path` loses nothing unasked.
+
+  Allowed: a path that does not exist, an empty directory, a previous
+  conversion (`is_weights_dir`), or with `overwrite` any directory. Never: a
+  path that is a file, or a directory holding one of the `inputs`.
+
+  Raises:
+    ValueError: one line naming `path`, what is in the way and what to do.
+  """
   path = os.path.abspath(path)
+  if os.path.lexists(path) and not os.path.isdir(path):
+    raise ValueError(f"{path}: exists and is a file, not a weights directory; "
+                     "give a new directory as the output")
+  for src in inputs:
+    if src and _inside(src, path):
+      raise ValueError(f"{path}: holds the input {src}, which replacing the directory "
+                       "would delete; write the weights to another directory")
+  if os.path.isdir(path) and os.listdir(path) and not is_weights_dir(path) and not overwrite:
+    names = sorted(os.listdir(path))
+    shown = ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+    raise ValueError(f"{path}: directory is not empty ({shown}) and is not a previous "
+                     "conversion; give a new or empty directory, or --overwrite to "
+                     "replace it")
+
+
+def _exchange(a: str, b: str) -> bool:
+  """Swaps two directories in one step (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+  try:
+    import ctypes  # pylint: disable=import-outside-toplevel
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = libc.renameat2
+  except (OSError, AttributeError):
+    return False
+  at_fdcwd, rename_exchange = -100, 2
+  return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def save(path: str, variables: Any, metadata: dict, *, overwrite: bool = False,
+         inputs=()) -> None:
+  """Saves `variables` and `metadata` at `path` atomically.
+
+  `path` must pass `check_output` (a previous conversion is replaced; any
+  other non-empty directory only with `overwrite`; the converter's `inputs`,
+  and the sources named in `metadata`, are never deleted). Everything is
+  written to a temporary sibling directory that is then swapped with `path`
+  in one rename, so a kill leaves either the old or the new weights there.
+  """
+  path = os.path.abspath(path)
+  inputs = list(inputs) + _inputs_of(metadata)
+  check_output(path, overwrite=overwrite, inputs=inputs)
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(path) + ".tmp")
@@ -44,9 +120,17 @@ def save(path: str, variables: Any, metadata: dict) -> None:
     ckpt.wait_until_finished()
     with open(os.path.join(tmp, "metadata.json"), "w") as f:
       json.dump(metadata, f, indent=2)
-    if os.path.exists(path):
-      shutil.rmtree(path)
-    os.replace(tmp, path)
+    os.chmod(tmp, 0o777 & ~files.umask())  # mkdtemp makes it 0700.
+    check_output(path, overwrite=overwrite, inputs=inputs)  # unchanged while we wrote?
+    if not os.path.isdir(path):
+      os.replace(tmp, path)
+    elif _exchange(tmp, path):
+      shutil.rmtree(tmp)  # now the old contents.
+    else:  # no atomic exchange here: the old directory is out of the way for a moment.
+      old = tmp + ".old"
+      os.rename(path, old)
+      os.rename(tmp, path)
+      shutil.rmtree(old)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

@@ -1,0 +1,71 @@
+"""Atomic file writes that honour the umask: the one helper every writer uses.
+
+A file is written under a temporary name in its destination folder and renamed
+into place, so a reader (or a rerun after a kill) sees the old file or the new
+one, never half of one. `tempfile.mkstemp` creates its file 0600 whatever the
+umask; the file is given the mode a plain `open(path, 'w')` would have
+(0666 & ~umask) before the rename, so a shared gallery stays readable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Iterator
+
+TMP_PREFIX = ".tmp_"
+
+
+def umask() -> int:
+  """The process umask (read without changing it for good)."""
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def default_mode() -> int:
+  """What `open(path, 'w')` would give a new file: 0666 & ~umask."""
+  return 0o666 & ~umask()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+  """Yields a temporary path beside `path`; on success it becomes `path`.
+
+  The temporary file keeps `path`'s extension (writers such as imageio pick
+  the format from it) and starts with `TMP_PREFIX`. On any error, including
+  KeyboardInterrupt, it is removed and `path` is left as it was.
+  """
+  d = os.path.dirname(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=TMP_PREFIX, suffix=os.path.splitext(path)[1])
+  os.close(fd)
+  try:
+    yield tmp
+    os.chmod(tmp, default_mode())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """Writes `data` to `path` atomically."""
+  with atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      f.write(data)
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes `text` (UTF-8) to `path` atomically."""
+  write_bytes(path, text.encode("utf-8"))
+
+
+def savez(path: str, arrays) -> None:
+  """`np.savez(path, **arrays)` atomically (no '.npz' appended)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  with atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      np.savez(f, **arrays)
