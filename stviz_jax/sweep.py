@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from typing import Mapping, Sequence
 
@@ -27,6 +28,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from stviz_jax import files
+from stviz_jax.models import checkpoint
 from stviz_jax.optimize import Result, Visualizer, a_hat_given
 
 _FALLBACK_CHUNK = 32
@@ -90,25 +93,47 @@ def _fingerprint(model_name, layer, units, settings, config) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()
 
 
-class _ChunkStore:
-  """Finished chunks in an orbax CheckpointManager, guarded by a sweep fingerprint."""
+_digest_cache: list = []  # [(variables, digest)] of the last model swept.
 
-  def __init__(self, directory: str, fingerprint: str):
+
+def weights_digest(variables) -> str:
+  """`checkpoint.digest` of the weights, computed once per variables object."""
+  if _digest_cache and _digest_cache[0][0] is variables:
+    return _digest_cache[0][1]
+  d = checkpoint.digest(variables)
+  _digest_cache[:] = [(variables, d)]
+  return d
+
+
+class _ChunkStore:
+  """Finished chunks in an orbax CheckpointManager, guarded by a sweep fingerprint.
+
+  The fingerprint names the sweep (model, layer, units, settings, config) and
+  `weights` the content of the weights (`weights_digest`), not the path they
+  were loaded from: weights re-saved at the same path make the finished chunks
+  stale, so they are discarded and recomputed, never restored.
+  """
+
+  def __init__(self, directory: str, fingerprint: str, weights: str = ""):
     os.makedirs(directory, exist_ok=True)
     stamp = os.path.join(directory, "sweep.json")
+    chunks = os.path.join(os.path.abspath(directory), "chunks")
     if os.path.exists(stamp):
       with open(stamp) as f:
-        old = json.load(f)["fingerprint"]
-      if old != fingerprint:
+        old = json.load(f)
+      if old["fingerprint"] != fingerprint:
         raise ValueError(f"{directory} holds a sweep with a different model, layer, "
                          "units or config; use another --workdir or delete it")
-    else:
-      tmp = stamp + ".tmp"
-      with open(tmp, "w") as f:
-        json.dump({"fingerprint": fingerprint}, f)
-      os.replace(tmp, stamp)
+      if old.get("weights", "") != weights:
+        logging.warning("%s: the model's weights changed since its chunks were saved "
+                        "(content sha256 %.12s, now %.12s); recomputing every chunk",
+                        directory, old.get("weights", "") or "unrecorded", weights)
+        shutil.rmtree(chunks, ignore_errors=True)  # ours, and stale.
+        os.remove(stamp)
+    if not os.path.exists(stamp):
+      files.write_text(stamp, json.dumps({"fingerprint": fingerprint, "weights": weights}))
     self.manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(directory), "chunks"),
+        chunks,
         options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True))
 
   def done(self) -> set[int]:
@@ -162,7 +187,8 @@ def run_sweep(vis: Visualizer, units: Sequence[int],
   store = None
   if state_dir:
     store = _ChunkStore(state_dir, _fingerprint(vis.model.name, vis.layer, units, full,
-                                                config))
+                                                config),
+                        weights=weights_digest(vis.model.variables))
   done = store.done() if store else set()
   if done:
     logging.info("%s: resuming, %d/%d chunks already done", vis.layer, len(done), n_chunks)

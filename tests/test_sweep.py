@@ -127,3 +127,28 @@ def test_resume_refuses_a_different_sweep(tmp_path, model):
   sweep.run_sweep(vis, [0, 1], [{}], vis.config, state_dir=str(tmp_path / "s"))
   with pytest.raises(ValueError, match="holds a sweep with a different model, layer, units or config"):
     sweep.run_sweep(vis, [0, 1, 2], [{}], vis.config, state_dir=str(tmp_path / "s"))
+
+
+def test_resume_recomputes_when_the_weights_at_the_same_path_change(tmp_path):
+  """The fingerprint is the weights' content: weights B re-saved where A was do
+  not restore A's chunks."""
+  from stviz_jax.models import checkpoint
+  path, state = str(tmp_path / "weights"), str(tmp_path / "state")
+  shape = dict(size=8, frames=2, width=8)
+
+  def sweep_with(seed, state_dir):
+    random = sv.models.load("tiny_two_stream", seed=seed, **shape)
+    checkpoint.save(path, random.variables, {"architecture": "tiny_two_stream"})
+    model = sv.models.load("tiny_two_stream", weights=path, **shape)
+    vis = sv.Visualizer(model, "fusion", _config(steps=2, chunk_size=1))
+    return sweep.run_sweep(vis, [0, 1], [{}], vis.config, state_dir=state_dir)[0]
+
+  a = sweep_with(0, state)
+  b = sweep_with(1, state)  # the same command after re-saving other weights.
+  fresh_b = sweep_with(1, None)
+  assert not np.array_equal(a.inputs["rgb"], fresh_b.inputs["rgb"])
+  for stream in ("rgb", "flow"):
+    np.testing.assert_array_equal(b.inputs[stream], fresh_b.inputs[stream])
+  np.testing.assert_array_equal(b.activations, fresh_b.activations)
+  again = sweep_with(1, state)  # unchanged weights: restored, still B's.
+  np.testing.assert_array_equal(again.inputs["rgb"], fresh_b.inputs["rgb"])

@@ -26,6 +26,21 @@ import orbax.checkpoint as ocp
 from stviz_jax import files
 
 
+def digest(variables: Any) -> str:
+  """sha256 of a variables tree's content: every leaf's path, dtype, shape and bytes.
+
+  Two trees have the same digest exactly when they hold the same arrays under
+  the same names, wherever they were loaded from.
+  """
+  h = hashlib.sha256()
+  leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
+  for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
+    h.update(a.data)
+  return h.hexdigest()
+
+
 def sha256(path: str) -> str:
   h = hashlib.sha256()
   with open(path, "rb") as f:
