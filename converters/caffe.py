@@ -235,6 +235,8 @@ def parse_net(path_or_text: str, *, phase: str = "TEST", stages: Sequence[str] =
   """
   if os.path.exists(path_or_text):
     msg, source = prototxt.parse_file(path_or_text), str(path_or_text)
+  elif not any(c in str(path_or_text) for c in "\n{:"):  # a path, not prototxt text.
+    raise FileNotFoundError(2, "no such prototxt file", str(path_or_text))
   else:
     source = source or "<prototxt>"
     msg = prototxt.parse(path_or_text, source)

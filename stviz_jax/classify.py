@@ -119,15 +119,14 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _VIDEO.value:
     raise app.UsageError("--video is required")
-  try:
-    ranked = classify(_MODEL.value, _VIDEO.value, _TOP.value, _MAX_FRAMES.value,
-                      _WEIGHTS.value)
-  except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
-    raise SystemExit(f"error: {e}") from None
+  # Bad input is one line, no traceback (stviz_jax.cli).
+  ranked = classify(_MODEL.value, _VIDEO.value, _TOP.value, _MAX_FRAMES.value,
+                    _WEIGHTS.value)
   print(f"{'rank':>4}  {'prob':>7}  {'logit':>8}  class")
   for i, (name, p, logit) in enumerate(ranked, 1):
     print(f"{i:>4}  {p:7.4f}  {logit:8.3f}  {name}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from stviz_jax import cli  # pylint: disable=import-outside-toplevel
+  cli.run_absl(main)

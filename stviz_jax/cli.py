@@ -168,7 +168,12 @@ def _config_error(e: BaseException, argv: Sequence[str]) -> str | None:
 def _absl_flags_parser(argv: Sequence[str]) -> list[str]:
   from absl import flags  # pylint: disable=import-outside-toplevel
   try:
-    return flags.FLAGS(list(argv))
+    rest = flags.FLAGS(list(argv))
+    for name in flags.FLAGS:  # config files load lazily: fail here, before main runs.
+      flag = flags.FLAGS[name]
+      if type(flag).__name__ == "_ConfigFlag" and type(flag.value).__name__ == "_ErrorConfig":
+        getattr(flag.value, "to_json")  # raises the load error.
+    return rest
   except Exception as e:  # pylint: disable=broad-except
     if verbose():
       traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)

@@ -88,3 +88,95 @@ def default_config() -> ml_collections.ConfigDict:
       process_id=-1,
   ))
   return c
+
+
+# float32 is what the optimisation computes in: a value beyond it is inf there.
+_FLOAT32_MAX = 3.4028235e38
+
+
+def _check(where: str, value, what: str, ok) -> None:
+  if not ok(value):
+    raise ValueError(f"{where} must be {what}, got {value!r}")
+
+
+def _number(where: str, value, what: str, low: float, strict: bool = False,
+            integer: bool = False) -> None:
+  """Raises unless `value` is a finite (integer) number >= low (> low if strict)."""
+  def ok(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+      return False
+    if integer and not float(v).is_integer():
+      return False
+    if not -_FLOAT32_MAX <= v <= _FLOAT32_MAX:  # also false for NaN.
+      return False
+    return v > low if strict else v >= low
+  _check(where, value, what, ok)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the ranges of the config's numeric fields, before anything runs.
+
+  One place for what `default_config` documents: the main job calls it
+  before it writes a file. Names (model, layer, units, classes) are checked
+  where they are resolved, against the model.
+
+  Raises:
+    ValueError: one line naming the field, what is valid and the value given.
+  """
+  c = config
+  _number("config.steps", c.steps, "an integer >= 1 (Adam steps per unit)", 1, integer=True)
+  _number("config.chunk_size", c.chunk_size,
+          "an integer >= 0 (units optimised together; 0 = all)", 0, integer=True)
+  _number("config.init_scale", c.init_scale,
+          "a finite number > 0 (initial noise RMS in units of V)", 0, strict=True)
+  _number("config.redirect_relu_steps", c.get("redirect_relu_steps", 0),
+          "an integer >= 0 (0 = off)", 0, integer=True)
+  _number("config.progress_every", c.get("progress_every", 10.0),
+          "a finite number >= 0 (seconds between progress lines; 0 = off)", 0)
+  _number("config.seed", c.seed, "an integer >= 0", 0, integer=True)
+  opt = c.optimizer
+  _number("config.optimizer.learning_rate", opt.learning_rate,
+          "a finite number > 0 (in units of the bound B; the paper's is 0.05)", 0, strict=True)
+  _number("config.optimizer.final_fraction", opt.final_fraction,
+          "a finite number >= 0 (last learning rate / learning_rate)", 0)
+  for name in ("b1", "b2"):
+    _check(f"config.optimizer.{name}", opt[name], "a number in [0, 1) (Adam's decay rate)",
+           lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1)
+  obj = c.objective
+  if obj.a_hat is not None:
+    _number("config.objective.a_hat", obj.a_hat,
+            "a finite number > 0 (the unit's max activation on data; 1 = none given)",
+            0, strict=True)
+  _number("config.objective.other_weight", obj.get("other_weight", 1.0),
+          "a finite number >= 0 (the weight of the subtracted unit)", 0)
+  # objective.diversity / .samples: job.samples_from_config (they depend on each other).
+  reg = c.regularizer
+  _number("config.regularizer.bound", reg.bound, "a finite number > 0 (B, 8-bit levels)",
+          0, strict=True)
+  _number("config.regularizer.energy_norm", reg.energy_norm, "a finite number > 0", 0,
+          strict=True)
+  _number("config.regularizer.v_ratio", reg.v_ratio, "a finite number > 0 (V = B / v_ratio)",
+          0, strict=True)
+  _number("config.regularizer.alpha", reg.alpha, "a finite number > 0 (the energy exponent)",
+          0, strict=True)
+  for name in ("energy_weight", "tv_weight", "flow_tv_factor", "jitter_fraction"):
+    _number(f"config.regularizer.{name}", reg[name], "a finite number >= 0", 0)
+  for stream in ("rgb", "flow"):
+    for name in ("kappa", "gamma"):
+      if stream in reg and name in reg[stream]:
+        _number(f"config.regularizer.{stream}.{name}", reg[stream][name],
+                f"a finite number >= 0 (the {name} of the TV regulariser)", 0)
+  for g in c.gammas or ():
+    _number("config.gammas", g, "finite numbers >= 0 (temporal TV weights)", 0)
+  quality = c.get("quality", None) or {}
+  _number("config.quality.transforms", quality.get("transforms", 16),
+          "an integer >= 0 (seeded evaluation transforms; 0 = no quality measures)", 0,
+          integer=True)
+  sweep = c.get("sweep", None) or {}
+  _number("config.sweep.memory_budget_gb", sweep.get("memory_budget_gb", 0.0),
+          "a finite number >= 0 (GB per device; 0 = off)", 0)
+  for name, entry in (c.get("targets", None) or {}).items():
+    entry = dict(entry)
+    if entry.get("a_hat") is not None:
+      _number(f"config.targets.{name}.a_hat", entry["a_hat"],
+              "a finite number > 0 (the unit's max activation on data)", 0, strict=True)

@@ -167,4 +167,5 @@ if __name__ == "__main__":
                                    "training order (config.model's `weights=`).")
   _LABELS = flags.DEFINE_list("labels", [], "Row labels (default: the file names).")
   flags.mark_flags_as_required(["config", "workdir", "checkpoints"])
-  app.run(main)
+  from stviz_jax import cli  # pylint: disable=import-outside-toplevel
+  cli.run_absl(main)

@@ -1405,12 +1405,10 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {list(argv)[1:]}")
   logging.set_verbosity(logging.INFO)
   f = flags.FLAGS
-  try:
-    build(f.workdir, stats=f.stats or None,
-          encodings=[e.strip() for e in f.encodings.split(",") if e.strip()],
-          fps=f.fps, figure_units=f.figure_units, compare=f.compare or None)
-  except (ValueError, FileNotFoundError) as e:  # bad input: one line, no traceback.
-    sys.exit(f"error: {e}")
+  # Bad input is one line, no traceback (stviz_jax.cli).
+  build(f.workdir, stats=f.stats or None,
+        encodings=[e.strip() for e in f.encodings.split(",") if e.strip()],
+        fps=f.fps, figure_units=f.figure_units, compare=f.compare or None)
 
 
 def _define_flags() -> None:
@@ -1428,5 +1426,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
+  from stviz_jax import cli  # pylint: disable=import-outside-toplevel
   _define_flags()
-  app.run(main)
+  cli.run_absl(main)

@@ -47,7 +47,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from stviz_jax import gallery, models, quality, render, sweep
+from stviz_jax import config as config_lib
+from stviz_jax import files, gallery, models, quality, render, sweep
 from stviz_jax.optimize import Result, Visualizer, _atomic_savez, build_target, run_diverse
 
 
@@ -460,6 +461,56 @@ def quality_transforms(config: ml_collections.ConfigDict,
   return quality.transform_set(n, frames=frames, seed=int(cfg.get("seed", 0)))
 
 
+def _differences(old, new, prefix: str = "") -> list[str]:
+  """Dotted names of the fields where two JSON configs differ."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    out = []
+    for k in sorted(set(old) | set(new)):
+      out += _differences(old.get(k), new.get(k), f"{prefix}{k}.")
+    return out
+  return [] if old == new else [prefix.rstrip(".")]
+
+
+def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Raises unless `workdir` can receive this run without mixing it with another.
+
+  A workdir holds one run: it must be new, empty, or hold a run of this same
+  config (`config.json`; the rerun resumes it).
+
+  Raises:
+    ValueError: one line naming the workdir and what is in the way.
+  """
+  where = f"--workdir {workdir}"
+  if os.path.lexists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"{where}: exists and is a file, not a directory; give a new --workdir")
+  probe = os.path.abspath(workdir)
+  while not os.path.lexists(probe):  # the nearest existing folder receives the new ones.
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    raise ValueError(f"{where}: {probe} is a file, so no directory can be made under it; "
+                     "give a new --workdir")
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise ValueError(f"{where}: {probe} is not writable; give a --workdir you can write to")
+  if probe != os.path.abspath(workdir) or not os.listdir(workdir):
+    return
+  stamp = os.path.join(workdir, "config.json")
+  if not os.path.isfile(stamp):
+    names = sorted(os.listdir(workdir))
+    shown = ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+    raise ValueError(f"{where}: directory is not empty ({shown}) and holds no run "
+                     "(no config.json); give a new or empty --workdir")
+  try:
+    with open(stamp) as f:
+      old = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{stamp}: not a readable config ({e}); give a new --workdir") from None
+  diff = _differences(old, json.loads(config.to_json()))
+  if diff:
+    shown = ", ".join(diff[:6]) + (f" (+{len(diff) - 6} more)" if len(diff) > 6 else "")
+    raise ValueError(f"{where}: holds another run (its config.json differs in {shown}); "
+                     "give a new --workdir, or the same config to resume that run")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the job described by `config` and writes everything under `workdir`.
 
@@ -467,7 +518,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   the same command after a kill continues from the last finished chunk. With
   `config.sweep.distributed`, each host sweeps its own slice of the units and
   writes under `workdir/host_<k>`.
+
+  Everything that can be checked (config ranges, the workdir, the model,
+  targets, units, comparisons) is checked before the first file is written,
+  so a refused run leaves the workdir as it was.
   """
+  config_lib.validate(config)
   if config.sweep.distributed:
     sw = config.sweep
     jax.distributed.initialize(
@@ -476,9 +532,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         process_id=sw.process_id if sw.process_id >= 0 else None)
   if jax.process_count() > 1:
     workdir = os.path.join(workdir, f"host_{jax.process_index()}")
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
+  check_workdir(workdir, config)
   kwargs = dict(config.model_overrides)
   if config.weights:
     kwargs["weights"] = config.weights
@@ -487,6 +541,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   samples = samples_from_config(config, model)
   comparisons = comparisons_from_config(config, model, targets)
   settings = settings_from_config(config, model.spec.streams)
+  os.makedirs(workdir, exist_ok=True)
+  files.write_text(os.path.join(workdir, "config.json"), config.to_json(indent=2))
   summary = {"model": model.name, "seed": config.seed, "layers": {}, "targets": {}}
   if comparisons:
     summary["comparisons"] = comparisons

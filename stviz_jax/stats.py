@@ -493,4 +493,5 @@ if __name__ == "__main__":
       "config", None, "Experiment config (configs/synthetic_stats.py).", lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Directory receiving stats.npz.")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  from stviz_jax import cli  # pylint: disable=import-outside-toplevel
+  cli.run_absl(main)

@@ -225,4 +225,5 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  from stviz_jax import cli  # pylint: disable=import-outside-toplevel
+  cli.run_absl(main)

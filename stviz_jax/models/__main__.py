@@ -14,12 +14,12 @@ and much cheaper to measure on a CPU. `--no-rf` prints shapes only.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import fnmatch
 import sys
 from typing import Sequence
 
+from stviz_jax import cli
 from stviz_jax.models import registry
 
 
@@ -28,7 +28,7 @@ def _parse_overrides(items: Sequence[str]) -> dict:
   for item in items:
     key, sep, value = item.partition("=")
     if not sep or not key:
-      raise SystemExit(f"--set {item!r}: expected key=value (e.g. size=112)")
+      raise ValueError(f"--set {item!r}: expected key=value (e.g. size=112)")
     try:
       out[key] = ast.literal_eval(value)
     except (ValueError, SyntaxError):
@@ -59,8 +59,9 @@ def describe(model, layers: Sequence[str] | None = None, rf: bool = True) -> str
   return "\n".join(lines)
 
 
+@cli.entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m stviz_jax.models", description=__doc__.split("\n")[0])
   parser.add_argument("--list", action="store_true", help="list registered models")
   parser.add_argument("--describe", metavar="NAME", help="model to describe")
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   model = registry.load(args.describe, **_parse_overrides(args.set))
   layers = [l for l in model.spec.layers if fnmatch.fnmatchcase(l, args.layers)]
   if not layers:
-    raise SystemExit(f"no layer of {args.describe!r} matches {args.layers!r}; "
+    raise ValueError(f"no layer of {args.describe!r} matches {args.layers!r}; "
                      f"layers: {', '.join(model.spec.layers)}")
   print(describe(model, layers, rf=not args.no_rf), flush=True)
   return 0

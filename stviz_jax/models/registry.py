@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from typing import Callable
 
 _FACTORIES: dict[str, Callable] = {}
@@ -29,8 +31,17 @@ def load(name: str, **overrides):
   """Builds the registered model `name` (random weights unless `weights=` is given)."""
   _import_zoo()
   if name not in _FACTORIES:
-    raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_FACTORIES))}")
-  return _FACTORIES[name](**overrides)
+    close = difflib.get_close_matches(str(name), _FACTORIES, n=3)
+    raise ValueError(f"unknown model {name!r}"
+                     + (f"; did you mean {', '.join(map(repr, close))}?" if close else "")
+                     + f"; available: {', '.join(sorted(_FACTORIES))}")
+  factory = _FACTORIES[name]
+  try:  # a misspelt or unknown factory argument is bad input, not a crash inside.
+    inspect.signature(factory).bind(**overrides)
+  except TypeError as e:
+    params = ", ".join(inspect.signature(factory).parameters)
+    raise ValueError(f"model {name!r}: {e}; its arguments: {params}") from None
+  return factory(**overrides)
 
 
 def _import_zoo():

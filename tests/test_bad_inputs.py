@@ -1,0 +1,153 @@
+"""Bad input against the real command lines, in subprocesses: exactly one line
+`error: ...` on stderr naming what is wrong, exit code 2, no traceback, and
+no file written or changed in the workdir (stviz_jax.cli, config.validate,
+job.check_workdir)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config=configs/tiny_two_stream.py:quick", "--config.model_overrides.size=8",
+        "--config.model_overrides.frames=2", "--config.steps=2", "--config.quality.transforms=0"]
+# Lines that libraries print on their own (absl INFO/WARNING, JAX platform notes).
+_NOISE = ("I0", "I1", "W0", "W1", "WARNING:", "INFO:")
+
+
+def _run(module, *args, timeout=300):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def _tree(path):
+  """Every file under `path` with its bytes and mode ({} when absent)."""
+  out = {}
+  if os.path.isfile(path):
+    return {"": (open(path, "rb").read(), os.stat(path).st_mode)}
+  for d, dirs, names in os.walk(path):
+    for n in names + dirs:
+      p = os.path.join(d, n)
+      out[os.path.relpath(p, path)] = (open(p, "rb").read() if os.path.isfile(p) else None,
+                                       os.stat(p).st_mode)
+  return out
+
+
+def _assert_one_error(res, code, *needles):
+  lines = [l for l in res.stderr.splitlines() if l.strip() and not l.startswith(_NOISE)]
+  assert "Traceback" not in res.stderr, res.stderr[-3000:]
+  assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-3000:]
+  assert res.returncode == code, (res.returncode, lines)
+  for needle in needles:
+    assert needle in lines[0], (needle, lines[0])
+  return lines[0]
+
+
+MAIN_CASES = [
+    # (flags, needles in the error line)
+    (["--config.stepz=3"], ["--config.stepz", "did you mean 'steps'"]),
+    (["--config.optimizer.lr=3"], ["--config.optimizer.lr", "no config field 'lr'"]),
+    (["--config.steps=abc"], ["--config.steps=abc"]),
+    (["--config.steps=0"], ["config.steps must be an integer >= 1"]),
+    (["--config.steps=-5"], ["config.steps", "got -5"]),
+    (["--config.optimizer.learning_rate=0"], ["config.optimizer.learning_rate", "> 0"]),
+    (["--config.optimizer.learning_rate=nan"], ["config.optimizer.learning_rate", "finite"]),
+    (["--config.optimizer.learning_rate=1e39"], ["config.optimizer.learning_rate"]),
+    (["--config.chunk_size=-1"], ["config.chunk_size", ">= 0"]),
+    (["--config.objective.a_hat=-1"], ["config.objective.a_hat", "> 0"]),
+    (["--config.objective.a_hat=0"], ["config.objective.a_hat"]),
+    (["--config.regularizer.flow.gamma=-1"], ["config.regularizer.flow.gamma", ">= 0"]),
+    (["--config.regularizer.rgb.kappa=-0.5"], ["config.regularizer.rgb.kappa"]),
+    (["--config.gammas=(1.0, -2.0)"], ["config.gammas"]),
+    (["--config.init_scale=1e39"], ["config.init_scale", "finite"]),
+    (["--config.init_scale=0"], ["config.init_scale"]),
+    (["--config.quality.transforms=-1"], ["config.quality.transforms", ">= 0"]),
+    (["--config.progress_every=-1"], ["config.progress_every"]),
+    (["--config.layer=fusoin"], ["unknown layer 'fusoin'", "fusion"]),
+    (["--config.model=tiny_two_steram"], ["unknown model", "tiny_two_stream"]),
+    (["--config.model_overrides.sizee=8"], ["--config.model_overrides.sizee", "'size'"]),
+    (["--config.units=99"], ["99"]),
+]
+
+
+@pytest.mark.parametrize("flags,needles", MAIN_CASES, ids=[" ".join(c[0]) for c in MAIN_CASES])
+def test_main_bad_config_is_one_line_and_writes_nothing(flags, needles, tmp_path):
+  workdir = tmp_path / "run"
+  res = _run("stviz_jax.main", *TINY, *flags, f"--workdir={workdir}")
+  _assert_one_error(res, 2, *needles)
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize("config,needles", [
+    ("configs/nope.py", ["configs/nope.py", "no such config file"]),
+    ("configs/tiny_two_stream.py:foo", ["unknown variant 'foo'", "valid: quick"]),
+])
+def test_main_bad_config_file(config, needles, tmp_path):
+  res = _run("stviz_jax.main", f"--config={config}", f"--workdir={tmp_path / 'run'}")
+  _assert_one_error(res, 2, *needles)
+  assert not (tmp_path / "run").exists()
+
+
+def test_main_bad_workdirs_are_refused_untouched(tmp_path):
+  afile = tmp_path / "afile"
+  afile.write_text("mine")
+  foreign = tmp_path / "foreign"
+  foreign.mkdir()
+  (foreign / "index.html").write_text("my page")
+  for workdir, needle in [(afile, "is a file"), (afile / "run", "is a file"),
+                          (foreign, "holds no run")]:
+    before = _tree(str(tmp_path))
+    res = _run("stviz_jax.main", *TINY, f"--workdir={workdir}")
+    _assert_one_error(res, 2, str(workdir), needle)
+    assert _tree(str(tmp_path)) == before
+
+
+def test_finished_workdir_refuses_another_run_and_resumes_the_same(tmp_path):
+  workdir = tmp_path / "run"
+  first = _run("stviz_jax.main", *TINY, "--config.units=0", f"--workdir={workdir}")
+  assert first.returncode == 0, first.stderr[-3000:]
+  before = _tree(str(workdir))
+  res = _run("stviz_jax.main", *TINY, "--config.units=0", "--config.layer=flow/conv2",
+             f"--workdir={workdir}")
+  _assert_one_error(res, 2, str(workdir), "holds another run", "layer", "new --workdir")
+  assert _tree(str(workdir)) == before  # config.json included.
+  again = _run("stviz_jax.main", *TINY, "--config.units=0", f"--workdir={workdir}")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "resuming" in again.stderr
+  assert json.load(open(workdir / "config.json"))["layer"] == "fusion"
+
+
+OTHER_CASES = [
+    ("stviz_jax.models", ["--describe", "tiny_two_steram"], ["unknown model", "tiny_two_stream"]),
+    ("stviz_jax.models", ["--describe", "tiny_two_stream", "--set", "sizee=8"], ["sizee"]),
+    ("stviz_jax.models", ["--describe", "tiny_two_stream", "--set", "size"], ["--set 'size'"]),
+    ("stviz_jax.models", ["--describe", "tiny_two_stream", "--layers", "nope*"],
+     ["no layer of 'tiny_two_stream' matches 'nope*'"]),
+    ("stviz_jax.models", ["--bogus"], ["unrecognized arguments: --bogus"]),
+    ("stviz_jax.gallery", ["--workdir={tmp}/none"], ["none"]),
+    ("stviz_jax.stats", ["--config=configs/nope.py", "--workdir={tmp}/s"], ["configs/nope.py"]),
+    ("stviz_jax.stats", ["--config=configs/synthetic_stats.py:quick", "--config.stepz=1",
+                         "--workdir={tmp}/s"], ["--config.stepz"]),
+    ("stviz_jax.classify", ["--model=nope", "--video={tmp}/none.gif"], ["none.gif"]),
+    ("converters.caffe", ["{tmp}/out", "--net", "{tmp}/a.prototxt", "{tmp}/a.caffemodel"],
+     ["a.prototxt"]),
+    ("converters.caffe", ["{tmp}/out"], ["give either --net"]),
+    ("converters.matconvnet", ["{tmp}/nope.mat", "{tmp}/out"], ["nope.mat"]),
+    ("converters.pytorch", ["{tmp}/nope.pth", "{tmp}/out"], ["nope.pth"]),
+]
+
+
+@pytest.mark.parametrize("module,args,needles", OTHER_CASES,
+                         ids=[f"{m} {' '.join(a)}" for m, a, _ in OTHER_CASES])
+def test_other_entry_points_bad_input_is_one_line(module, args, needles, tmp_path):
+  res = _run(module, *[a.replace("{tmp}", str(tmp_path)) for a in args])
+  _assert_one_error(res, 2, *needles)
+  assert os.listdir(tmp_path) == []
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+  res = _run("stviz_jax.models", "--describe", "nope", "--verbose")
+  assert res.returncode == 2 and "Traceback" in res.stderr
+  assert res.stderr.strip().splitlines()[-1].startswith("error: unknown model 'nope'")
