@@ -54,6 +54,24 @@ RECIPES = {
     "fourier_imagenet_decay1.5_lucid_tf": {
         "param.kind": "fourier", "param.colour": "imagenet", "param.decay": 1.5,
         "transforms": "pad(6), jitter(4), scale(0.9,1.1), rotate(5), jitter"},
+    "fourier_imagenet_decay1.5_lucid_tf_chunk1": {
+        "param.kind": "fourier", "param.colour": "imagenet", "param.decay": 1.5,
+        "transforms": "pad(6), jitter(4), scale(0.9,1.1), rotate(5), jitter", "chunk_size": 1},
+    "fourier_imagenet_decay1.5_lucid_tf_flip": {
+        "param.kind": "fourier", "param.colour": "imagenet", "param.decay": 1.5,
+        "transforms": "pad(6), jitter(4), scale(0.9,1.1), rotate(5), flip, jitter"},
+    "fourier_imagenet_decay1.5_lucid_tf_flip_time": {
+        "param.kind": "fourier", "param.colour": "imagenet", "param.decay": 1.5,
+        "transforms": "pad(6), jitter(4), scale(0.9,1.1), rotate(5), flip, time_jitter(2), "
+                      "jitter"},
+    "fourier_imagenet_decay1.5_chunk1": {"param.kind": "fourier", "param.colour": "imagenet",
+                                         "param.decay": 1.5, "chunk_size": 1},
+    "fourier_imagenet_decay1.5_logprob": {"param.kind": "fourier", "param.colour": "imagenet",
+                                          "param.decay": 1.5, "objective.class_score": "log_prob"},
+    "fourier_imagenet_decay1.5_lucid_tf_logprob": {
+        "param.kind": "fourier", "param.colour": "imagenet", "param.decay": 1.5,
+        "objective.class_score": "log_prob",
+        "transforms": "pad(6), jitter(4), scale(0.9,1.1), rotate(5), jitter"},
     "fourier_imagenet_lucid_tf_lr0.1": {"param.kind": "fourier", "param.colour": "imagenet",
                                         "optimizer.learning_rate": 0.1,
                                         "transforms": "pad(6), jitter(4), scale(0.9,1.1), "
@@ -131,6 +149,8 @@ def measure(model, config, gammas, transforms, save: str = "") -> dict:
     out["targets"][name] = per_gamma
     if save:
       os.makedirs(save, exist_ok=True)
+      for g, r in zip(gammas, results):
+        r.save(os.path.join(save, f"{name}_gamma{g:g}.npz"), config)
       render.save_png(os.path.join(save, f"{name}.png"), job.layer_grid(
           results, [job.unit_label(u, model.labels, layer) for u in units],
           [job.setting_label(r) for r in results]))

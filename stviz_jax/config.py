@@ -19,7 +19,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.layer = "fusion"              # tap to visualise.
   # Units: "all", "0-7", "1,4,9", or class names for the logits ("playing chess;yoga").
   c.units = "0-3"
-  # Several targets in one run: named {layer, units, kind[, a_hat]} entries, e.g.
+  # Several targets in one run: named {layer, units, kind[, a_hat, other, steps]} entries, e.g.
   # c.targets.mixed_4f = dict(layer="Mixed_4f", units="0-3", kind="channel");
   # empty = the one target (layer, units, objective.kind).
   c.targets = ml_collections.ConfigDict()
@@ -42,6 +42,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.objective = ml_collections.ConfigDict(dict(
       kind="channel",             # channel | neuron | class_logit.
       a_hat=1.0,                  # max activation on validation data; 1 = none given.
+      class_score="logit",        # class_logit: logit (the paper) | log_prob (log-softmax).
       # Beyond the paper (stviz_jax.objective); kind may also be direction |
       # channel_interaction | class_contrast.
       location=(),                # neuron: (t, y, x) in the layer; () = the centre.

@@ -108,7 +108,7 @@ def settings_from_config(config: ml_collections.ConfigDict, streams) -> list[dic
 
 
 TARGET_FIELDS = ("layer", "units", "kind")
-TARGET_OPTIONAL = ("a_hat", "other")
+TARGET_OPTIONAL = ("a_hat", "other", "steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +122,7 @@ class Target:
   layer: str
   units: tuple[int, ...]
   objective: ml_collections.ConfigDict
+  steps: int | None = None  # Adam steps of this target (None: config.steps).
 
   @property
   def kind(self) -> str:
@@ -133,7 +134,9 @@ def targets_from_config(config: ml_collections.ConfigDict,
   """The run's targets, validated before anything is optimised.
 
   `config.targets` (a ConfigDict of named `{layer, units, kind[, a_hat,
-  other]}`; `other`: class or unit B of a contrast, an index or a class name)
+  other, steps]}`; `other`: class or unit B of a contrast, an index or a class
+  name; `steps`: this target's Adam steps, e.g. more for class units than for
+  cheaper channel units)
   when non-empty, else the single target `config.layer`, `config.units`,
   `config.objective`.
 
@@ -185,7 +188,14 @@ def targets_from_config(config: ml_collections.ConfigDict,
       build_target(model, layer, objective)
     except ValueError as e:
       raise ValueError(f"{where}.kind: {e}") from None
-    targets.append(Target(str(name), layer, tuple(units), objective))
+    steps = None
+    if "steps" in entry:
+      steps = entry["steps"]
+      if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"{where}.steps must be an integer >= 1 (Adam steps of this "
+                         f"target), got {steps!r}")
+      steps = int(steps)
+    targets.append(Target(str(name), layer, tuple(units), objective, steps))
   dirs = [_layer_dir(t.name) for t in targets]
   if len(set(dirs)) != len(dirs):
     raise ValueError(f"config.targets: names {dirs} collide as directory names")
@@ -563,6 +573,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # sweep fingerprint and every saved file see.
     target_config = copy.deepcopy(config)
     target_config.objective = target.objective
+    if target.steps is not None:
+      target_config.steps = target.steps
     vis = Visualizer(model, layer, target_config)
     target_dir = os.path.join(workdir, _layer_dir(target.name))
     state_dir = os.path.join(target_dir, "sweep_state") if config.sweep.resume else None

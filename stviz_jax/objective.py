@@ -122,11 +122,25 @@ def neuron(layer: str, location: Sequence[int] | None = None, a_hat=None) -> Obj
   return Objective(fn, [layer], f"neuron({layer})")
 
 
-def class_logit(a_hat=None) -> Objective:
-  """The pre-softmax score of class c (the unit indexes the classes)."""
+CLASS_SCORES = ("logit", "log_prob")
+
+
+def class_logit(a_hat=None, score: str = "logit") -> Objective:
+  """The score of class c (the unit indexes the classes).
+
+  `score='logit'`: the pre-softmax score (the paper). `score='log_prob'`: its
+  log-softmax, logit_c - logsumexp(logits): raising it means beating the
+  other classes, not raising every logit, and its gradient fades once the
+  class dominates, leaving the regularisers to simplify the picture.
+  """
+  if score not in CLASS_SCORES:
+    raise ValueError(f"unknown objective.class_score {score!r}; valid: {', '.join(CLASS_SCORES)}")
 
   def fn(acts, unit):
-    return jnp.sum(jnp.take(acts[LOGITS], unit, axis=-1)) / _a_hat(a_hat, unit)
+    logits = acts[LOGITS]
+    if score == "log_prob":
+      logits = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.sum(jnp.take(logits, unit, axis=-1)) / _a_hat(a_hat, unit)
 
   return Objective(fn, [LOGITS], "class_logit")
 

@@ -143,7 +143,7 @@ def build_target(model: Model, layer: str,
   if kind == "neuron":
     return objective_lib.neuron(layer, a_hat=a_hat)
   if kind == "class_logit":
-    return objective_lib.class_logit(a_hat=a_hat)
+    return objective_lib.class_logit(a_hat=a_hat, score=cfg.get("class_score", "logit"))
   raise ValueError(f"unknown objective.kind {kind!r}; valid: channel, neuron, class_logit, "
                    f"{', '.join(_MORE_KINDS)}")
 

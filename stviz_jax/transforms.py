@@ -222,9 +222,34 @@ def temporal_jitter(max_shift: int) -> Transform:
   return Transform(fn, 0, f"time_jitter({max_shift})")
 
 
+def mirror(inputs: Inputs, vector_streams: Sequence[str] = VECTOR_STREAMS) -> dict:
+  """Every stream mirrored left-right; flow's horizontal component u negated."""
+  out = {}
+  for s, x in inputs.items():
+    y = x[:, :, ::-1]
+    out[s] = y * jnp.asarray([-1.0, 1.0], y.dtype) if s in vector_streams else y
+  return out
+
+
+def random_flip(vector_streams: Sequence[str] = VECTOR_STREAMS) -> Transform:
+  """A left-right mirror with probability 1/2 (`mirror`), the same draw for every stream.
+
+  Video networks are trained with random flips, so a picture of what a unit
+  has learned should not depend on its handedness; optimising under flips
+  keeps class evidence that only one chirality carries out of the picture.
+  """
+
+  def fn(key, inputs):
+    flip = jax.random.bernoulli(key)
+    flipped = mirror(inputs, vector_streams)
+    return {s: jnp.where(flip, flipped[s], x) for s, x in inputs.items()}
+
+  return Transform(fn, 0, "flip")
+
+
 # --- configuration -----------------------------------------------------------
 
-NAMES = ("jitter", "pad", "scale", "rotate", "time_jitter")
+NAMES = ("jitter", "pad", "scale", "rotate", "time_jitter", "flip")
 _ITEM = re.compile(r"\s*([a-z_]+)\s*(?:\(([^)]*)\))?\s*(?:,|$)")
 
 
@@ -237,7 +262,7 @@ def parse(spec: str, stride_jitter: int,
 
   Args:
     spec: comma-separated items `name` or `name(args)` (names: jitter, pad,
-      scale, rotate, time_jitter); "" = none.
+      scale, rotate, time_jitter, flip); "" = none.
     stride_jitter: the paper's J = round(jitter_fraction * stride_l) (1 = off).
     vector_streams: streams whose channels are flow (u, v) pairs.
   """
@@ -254,7 +279,7 @@ def parse(spec: str, stride_jitter: int,
   for name, args in items:
     vals = [float(a) for a in args.split(",")] if args and args.strip() else []
     n_args = {"jitter": (0, 1), "pad": (1,), "scale": (2,), "rotate": (1,),
-              "time_jitter": (1,)}.get(name)
+              "time_jitter": (1,), "flip": (0,)}.get(name)
     if n_args is None:
       raise ValueError(f"unknown transform {name!r} in config.transforms; valid: "
                        f"{', '.join(NAMES)}")
@@ -269,6 +294,8 @@ def parse(spec: str, stride_jitter: int,
       out.append(random_scale(vals[0], vals[1], vector_streams))
     elif name == "rotate":
       out.append(random_rotate(vals[0], vector_streams))
+    elif name == "flip":
+      out.append(random_flip(vector_streams))
     else:
       out.append(temporal_jitter(int(vals[0])))
   return compose(*out)

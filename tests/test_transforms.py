@@ -141,3 +141,25 @@ def test_the_rightward_unit_moves_right_under_the_lucid_transforms():
   assert abs(_angle(right.reshape(-1, 2).mean(0))) < 30
   assert abs(_angle(down.reshape(-1, 2).mean(0)) - 90) < 30
   assert right[..., 0].mean() > 0.5 * 160 * hand.spec.streams["flow"].pixel_scale
+
+
+def test_flip_mirrors_frames_and_negates_flow_u_with_one_draw_for_all_streams():
+  rng = np.random.default_rng(0)
+  inputs = {"rgb": jnp.asarray(rng.normal(size=(1, 6, 5, 3)), jnp.float32),
+            "flow": jnp.asarray(rng.normal(size=(3, 6, 5, 2)), jnp.float32)}
+  m = transforms.mirror(inputs)
+  np.testing.assert_array_equal(m["rgb"], inputs["rgb"][:, :, ::-1])
+  np.testing.assert_array_equal(m["flow"][..., 0], -inputs["flow"][:, :, ::-1, 0])
+  np.testing.assert_array_equal(m["flow"][..., 1], inputs["flow"][:, :, ::-1, 1])
+  for s in inputs:
+    np.testing.assert_array_equal(transforms.mirror(m)[s], inputs[s])
+  flip = transforms.parse("flip", 1)
+  assert flip.margin == 0 and flip.name == "flip"
+  seen = set()
+  for k in range(16):
+    out = flip(jax.random.PRNGKey(k), inputs)
+    flipped = bool(np.array_equal(out["rgb"], m["rgb"]))
+    assert flipped or np.array_equal(out["rgb"], inputs["rgb"])
+    np.testing.assert_array_equal(out["flow"], (m if flipped else inputs)["flow"])
+    seen.add(flipped)
+  assert seen == {True, False}
