@@ -369,6 +369,31 @@ def sample_spread(result: Result) -> dict[str, float]:
   return out
 
 
+def degenerate_units(result: Result) -> dict[str, str]:
+  """Units whose result is no picture: {unit: why}, empty when all are fine.
+
+  Degenerate: an input that is not finite or constant over (T, H, W, C) in
+  every stream (e.g. all 0), or a final activation that is exactly 0 or not
+  finite (a dead unit, or an optimisation that went nowhere).
+  """
+  out = {}
+  for i, unit in enumerate(result.units):
+    xs = {s: np.asarray(v[i]) for s, v in result.inputs.items()}
+    act = float(result.activations[i])
+    if not all(np.isfinite(x).all() for x in xs.values()):
+      why = "non-finite input"
+    elif all(np.ptp(x) == 0 for x in xs.values()):
+      why = "constant input " + ", ".join(f"{s} = {float(x.flat[0]):g}" for s, x in xs.items())
+    elif not np.isfinite(act):
+      why = f"non-finite activation {act}"
+    elif act == 0:
+      why = "activation exactly 0"
+    else:
+      continue
+    out[str(int(unit))] = why
+  return out
+
+
 def samples_path(out_dir: str, unit: int) -> str:
   return os.path.join(out_dir, f"unit_{int(unit):04d}_samples.npz")
 
@@ -606,6 +631,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
           "activations": {str(int(u)): float(a) for u, a in
                           zip(result.units, result.activations)},
       }
+      degenerate = degenerate_units(result)
+      if degenerate:  # a blank result must not pass for one.
+        entry["degenerate"] = degenerate
+        summary.setdefault("degenerate", []).extend(
+            f"{target.name}/{name}/unit {u}" for u in degenerate)
+        for u, why in degenerate.items():
+          logging.warning("%s/%s: unit %s gave a degenerate result (%s); check the "
+                          "weights, optimizer.learning_rate, init_scale and objective.a_hat",
+                          target.name, name, u, why)
       if class_names is not None:
         entry["class_ranks"] = class_ranks(model, result)
       if eval_transforms is not None:

@@ -48,8 +48,18 @@ def total_variation(x: jax.Array, kappa: float | jax.Array,
 
 
 def project_to_ball(x: jax.Array, bound: float | jax.Array) -> jax.Array:
-  """Projects every pixel onto the B-ball: ||x(i,j,k,:)||_2 <= bound."""
+  """Projects every pixel onto the B-ball: ||x(i,j,k,:)||_2 <= bound.
+
+  A pixel beyond float32's square root (|x| > 1.8e19, e.g. after a huge
+  learning rate) has an infinite sum of squares; its norm is then taken as
+  m ||x / m|| with m = max |x_d|, so it lands on the sphere instead of being
+  scaled to 0. Other pixels are computed as before, bit for bit.
+  """
   norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+  peak = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+  scaled = peak * jnp.sqrt(jnp.sum(jnp.square(x / jnp.maximum(peak, 1e-30)), axis=-1,
+                                   keepdims=True))
+  norm = jnp.where(jnp.isinf(norm), scaled, norm)
   return x * jnp.minimum(1.0, bound / jnp.maximum(norm, 1e-12))
 
 
