@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from typing import Any, Mapping, Sequence
 
@@ -42,6 +41,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from stviz_jax import files
 from stviz_jax import objective as objective_lib
 from stviz_jax import param as param_lib
 from stviz_jax import progress as progress_lib
@@ -98,17 +98,7 @@ class Result:
 
 
 def _atomic_savez(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, suffix=".npz.tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  files.savez(path, arrays)  # atomic, with the umask's mode.
 
 
 def _schedule(opt: ml_collections.ConfigDict, steps: int):

@@ -25,12 +25,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from typing import Iterator, Mapping, Sequence
 
 import imageio.v3 as iio
 import imageio_ffmpeg
 import numpy as np
+
+from stviz_jax import files
 
 VIDEO_FORMATS = ("gif", "mp4", "webm")
 # Playback rate of every clip: optimised clips are short (8-16 frames), and at
@@ -175,17 +176,10 @@ def grid(tiles: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
 
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
-  """Yields a temporary path beside `path`; renames it onto `path` on success."""
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=os.path.splitext(path)[1])
-  os.close(fd)
-  try:
+  """Yields a temporary path beside `path`; renames it onto `path` on success
+  with the mode the umask gives new files (`stviz_jax.files.atomic_path`)."""
+  with files.atomic_path(path) as tmp:
     yield tmp
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def atomic_write(path: str, data: bytes) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 
 from absl import app, flags, logging
@@ -32,7 +31,7 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
-from stviz_jax import analysis
+from stviz_jax import analysis, files
 from stviz_jax.data import synthetic
 from stviz_jax.models import base, checkpoint
 from stviz_jax.models.zoo import synthetic_two_stream as zoo_model
@@ -153,10 +152,7 @@ def measure_claims(model, classes, config: ml_collections.ConfigDict) -> dict:
 
 
 def _write_json(path: str, obj) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".json.tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
+  files.write_text(path, json.dumps(obj, indent=2))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, install: bool = False) -> dict:

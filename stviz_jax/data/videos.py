@@ -35,7 +35,6 @@ pass decodes nothing. Preprocessing per model happens when a batch is read:
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from typing import Mapping, Sequence
@@ -43,6 +42,7 @@ from typing import Mapping, Sequence
 from absl import logging
 import numpy as np
 
+from stviz_jax import files
 from stviz_jax.models.base import StreamSpec
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v")
@@ -335,10 +335,4 @@ def _read_split(path: str) -> set[str]:
 
 
 def _atomic_savez(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  buf = io.BytesIO()
-  np.savez(buf, **arrays)
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "wb") as f:
-    f.write(buf.getvalue())
-  os.replace(tmp, path)
+  files.savez(path, arrays)  # atomic (nothing half-written after a kill), umask's mode.
