@@ -34,7 +34,9 @@ def test_projection_of_huge_pixels_lands_on_the_sphere():
 
 
 def test_huge_learning_rate_does_not_blank_the_inputs(tmp_path):
-  summary = job.run(_tiny(**{"optimizer.learning_rate": 1e30}), str(tmp_path / "run"))
+  # 20 steps: enough for every pixel to have been pushed past 1.8e19 and zeroed.
+  summary = job.run(_tiny(steps=20, **{"optimizer.learning_rate": 1e30}),
+                    str(tmp_path / "run"))
   with np.load(tmp_path / "run" / "fusion" / "default" / "result.npz") as f:
     for stream in ("rgb", "flow"):
       x = f[f"inputs_{stream}"]
