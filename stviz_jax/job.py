@@ -620,9 +620,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for j, (tv, result) in enumerate(zip(settings, sweep_results)):
       name = setting_name(tv)
       out_dir = os.path.join(target_dir, name)
+      t_media = time.time()
       result.save(os.path.join(out_dir, "result.npz"), target_config)
       for i in range(len(result.units)):
         save_unit_media(out_dir, result, target_config, i)
+      t_media = time.time() - t_media
       entry = {
           "layer": layer,
           "kind": target.kind,
@@ -642,11 +644,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           target.name, name, u, why)
       if class_names is not None:
         entry["class_ranks"] = class_ranks(model, result)
+      t_quality = time.time()
       if eval_transforms is not None:
         entry["quality"] = quality.assess(model, layer, result.inputs, result.units,
                                           eval_transforms)
         block = quality.summarise(entry["quality"], layer == models.LOGITS)
         summary["quality"]["targets"].setdefault(target.name, {})[name] = block
+        logging.info("%s/%s: picture quality: %d of %d units pass (slopes %s)", target.name,
+                     name, block["passing"], block["units"],
+                     ", ".join(f"{q[k]:.2f}" for q in entry["quality"].values()
+                               for k in q if k.startswith("slope_")))
+      logging.info("%s/%s: %d units written (media %.1fs, ranks and quality %.1fs)",
+                   target.name, name, len(result.units), t_media, time.time() - t_quality)
       if samples:
         per_unit = diverse[j]
         entry["samples"] = {
