@@ -181,3 +181,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if entry.get("a_hat") is not None:
       _number(f"config.targets.{name}.a_hat", entry["a_hat"],
               "a finite number > 0 (the unit's max activation on data)", 0, strict=True)
+  transforms = c.get("transforms", "jitter")
+  if not isinstance(transforms, str):
+    raise ValueError(f"config.transforms must be a string like 'jitter, pad(4)', "
+                     f"got {transforms!r}")
+  from stviz_jax import transforms as transforms_lib  # pylint: disable=g-import-not-at-top
+  transforms_lib.parse(transforms, 1)  # Raises one line naming config.transforms.

@@ -126,7 +126,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, checkpoints: Sequence[s
     loaded.append(models.load(config.model, weights=path, **kwargs))
   layer = config.layer
   loaded[0].spec.check_layer(layer)
-  units = job.parse_units(config.units, loaded[0], layer)
+  try:
+    units = job.parse_units(config.units, loaded[0], layer)
+  except ValueError as e:
+    raise ValueError(f"config.units: {e}") from None
   settings = job.settings_from_config(config, loaded[0].spec.streams)[0]
   results = evolve(loaded, layer, units, config, config.seed, settings)
   layer_dir = os.path.join(workdir, layer.replace("/", "_"))

@@ -52,31 +52,80 @@ from stviz_jax import files, gallery, models, quality, render, sweep
 from stviz_jax.optimize import Result, Visualizer, _atomic_savez, build_target, run_diverse
 
 
-def parse_units(spec, model: models.Model, layer: str) -> list[int]:
-  """'all' | '0-7' | '1,4,9' | class names separated by ';' (for 'logits') -> indices."""
+def _units_syntax(model: models.Model, layer: str) -> str:
   n = model.spec.num_units(layer)
+  names = layer == models.LOGITS and bool(model.labels)
+  return (f"valid: 'all', a range '0-7', a list '1,4,9'"
+          + (", class names separated by ';'" if names else "")
+          + f"; units of layer {layer!r} are 0..{n - 1}")
+
+
+def parse_units(spec, model: models.Model, layer: str) -> list[int]:
+  """'all' | '0-7' | '1,4,9' | class names separated by ';' (for 'logits') -> indices.
+
+  Raises:
+    ValueError: one line naming the bad part, the valid syntax and range (the
+      caller prefixes the field, e.g. `config.units: `).
+  """
+  n = model.spec.num_units(layer)
+  syntax = lambda: _units_syntax(model, layer)
   if isinstance(spec, (list, tuple)):
     units = []
     for s in spec:
-      units += parse_units(s, model, layer) if isinstance(s, str) else [int(s)]
+      units += parse_units(s, model, layer)
+    if not units:
+      raise ValueError(f"no units given ({spec!r}); {syntax()}")
     return units
+  if isinstance(spec, bool) or not isinstance(spec, (str, int, np.integer)):
+    raise ValueError(f"{spec!r} is not a unit list; {syntax()}")
   if isinstance(spec, (int, np.integer)):
     units = [int(spec)]
   else:
     spec = str(spec).strip()
     if spec == "all":
       return list(range(n))
+    if not spec:
+      raise ValueError(f"no units given ({spec!r}); {syntax()}")
     if re.fullmatch(r"[\d\s,\-]+", spec):
       units = []
-      for part in filter(None, (p.strip() for p in spec.split(","))):
-        if "-" in part:
-          lo, hi = (int(v) for v in part.split("-"))
-          units += list(range(lo, hi + 1))
-        else:
+      parts = [p.strip() for p in spec.split(",") if p.strip()]
+      if not parts:
+        raise ValueError(f"no units given ({spec!r}); {syntax()}")
+      for part in parts:
+        at = repr(part) + (f" in {spec!r}" if part != spec else "")
+        single = re.fullmatch(r"\d+", part)
+        span = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+        if single:
           units.append(int(part))
+        elif span:
+          lo, hi = int(span.group(1)), int(span.group(2))
+          if lo > hi:
+            raise ValueError(f"range {at} is empty (start > end; "
+                             f"did you mean '{hi}-{lo}'?); {syntax()}")
+          units += list(range(lo, hi + 1))
+        elif part.startswith("-") and re.fullmatch(r"-\d+", part):
+          raise ValueError(f"{at} is negative; {syntax()}")
+        else:
+          raise ValueError(f"{at} is not a unit index or a range 'a-b'; "
+                           f"{syntax()}")
+    elif layer == models.LOGITS and model.labels:
+      units = []
+      for name in filter(None, (p.strip() for p in spec.split(";"))):
+        try:
+          units.append(model.class_index(name))
+        except ValueError as e:
+          raise ValueError(f"{e}; " + ("class names are separated by ';', not ','; "
+                                       if "," in name else "") + syntax()) from None
     else:
-      units = [model.class_index(name.strip()) for name in spec.split(";") if name.strip()]
-  model.spec.check_units(layer, units)
+      raise ValueError(f"{spec!r} is not a unit list"
+                       + (f" (layer {layer!r} has no class names)" if layer != models.LOGITS
+                          else f" (model {model.name!r} has no class names)")
+                       + f"; {syntax()}")
+  bad = [u for u in units if not 0 <= u < n]
+  if bad:
+    raise ValueError(f"unit(s) {bad}" + (f" in {spec!r}" if isinstance(spec, str) else "")
+                     + f" out of range for layer {layer!r}; "
+                     f"{syntax()}")
   return units
 
 
@@ -212,24 +261,20 @@ def _class_or_index(spec, model: models.Model, layer: str = models.LOGITS) -> in
   Raises:
     ValueError: one line naming the bad class and a few valid names.
   """
-  if isinstance(spec, (int, np.integer)) or re.fullmatch(r"\s*\d+\s*", str(spec)):
-    unit = int(spec)
-    model.spec.check_units(layer, [unit])
+  if isinstance(spec, (int, np.integer)) or re.fullmatch(r"\s*-?\d+\s*", str(spec)):
+    unit, n = int(spec), model.spec.num_units(layer)
+    if not 0 <= unit < n:
+      raise ValueError(f"unit(s) [{unit}] out of range for layer {layer!r}: "
+                       f"valid units are 0..{n - 1}")
     return unit
   name = str(spec).strip()
   labels = list(model.labels or ()) if layer == models.LOGITS else []
-  if name in labels:
-    return labels.index(name)
   if not labels:
     raise ValueError(f"{name!r} is not a unit index of layer {layer!r}"
                      + ("" if layer != models.LOGITS else
-                        f" and model {model.name!r} has no class names"))
-  close = [l for l in labels if name.lower() in l.lower() or l.lower() in name.lower()]
-  shown = (close or labels)[:5]
-  raise ValueError(f"unknown class {name!r} of model {model.name!r}; "
-                   f"{'did you mean' if close else 'valid classes include'} "
-                   f"{', '.join(repr(l) for l in shown)}"
-                   + ("" if close or len(labels) <= 5 else f" (and {len(labels) - 5} more)"))
+                        f" and model {model.name!r} has no class names")
+                     + f" (units are 0..{model.spec.num_units(layer) - 1})")
+  return model.class_index(name)
 
 
 def samples_from_config(config: ml_collections.ConfigDict, model: models.Model) -> int:

@@ -24,6 +24,7 @@ last output exactly the model's input size.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Callable, Mapping, Sequence
 
@@ -277,15 +278,24 @@ def parse(spec: str, stride_jitter: int,
     pos = m.end()
   out = []
   for name, args in items:
-    vals = [float(a) for a in args.split(",")] if args and args.strip() else []
+    item = f"{name}({args})" if args is not None else name
+    try:
+      vals = [float(a) for a in args.split(",")] if args and args.strip() else []
+    except ValueError:
+      raise ValueError(f"config.transforms item {item!r} of {spec!r}: arguments must be "
+                       f"numbers, e.g. 'pad(4)', 'scale(0.9,1.1)', 'rotate(10)'") from None
+    if not all(math.isfinite(v) for v in vals):
+      raise ValueError(f"config.transforms item {item!r} of {spec!r}: arguments must be "
+                       "finite numbers")
     n_args = {"jitter": (0, 1), "pad": (1,), "scale": (2,), "rotate": (1,),
               "time_jitter": (1,), "flip": (0,)}.get(name)
     if n_args is None:
       raise ValueError(f"unknown transform {name!r} in config.transforms; valid: "
                        f"{', '.join(NAMES)}")
     if len(vals) not in n_args:
-      raise ValueError(f"transform {name!r} takes {' or '.join(map(str, n_args))} "
-                       f"argument(s), got {len(vals)} in {spec!r}")
+      raise ValueError(f"config.transforms item {item!r}: transform {name!r} takes "
+                       f"{' or '.join(map(str, n_args))} argument(s), got {len(vals)} "
+                       f"in {spec!r}")
     if name == "jitter":
       out.append(jitter(int(vals[0]) if vals else stride_jitter))
     elif name == "pad":

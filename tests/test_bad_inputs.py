@@ -69,6 +69,9 @@ MAIN_CASES = [
     (["--config.model=tiny_two_steram"], ["unknown model", "tiny_two_stream"]),
     (["--config.model_overrides.sizee=8"], ["--config.model_overrides.sizee", "'size'"]),
     (["--config.units=99"], ["99"]),
+    (["--config.units=3-1"], ["config.units: range '3-1' is empty", "'1-3'", "'0-7'"]),
+    (["--config.units=a,b"], ["config.units: 'a,b' is not a unit list", "'1,4,9'"]),
+    (["--config.transforms=scale(a,b)"], ["config.transforms item 'scale(a,b)'", "numbers"]),
 ]
 
 
@@ -151,3 +154,63 @@ def test_verbose_shows_the_traceback(tmp_path):
   res = _run("stviz_jax.models", "--describe", "nope", "--verbose")
   assert res.returncode == 2 and "Traceback" in res.stderr
   assert res.stderr.strip().splitlines()[-1].startswith("error: unknown model 'nope'")
+
+
+def _labelled_model():
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import handbuilt  # pylint: disable=g-import-not-at-top
+  from stviz_jax import models  # pylint: disable=g-import-not-at-top
+  hand = handbuilt.model()
+  return models.wrap(handbuilt.apply, hand.variables, {"rgb": handbuilt.RGB,
+                                                      "flow": handbuilt.FLOW},
+                     labels=list(handbuilt.MOTION_UNITS) + list(handbuilt.COLOUR_UNITS))
+
+
+@pytest.mark.parametrize("spec,layer,needles", [
+    ("3-1", "motion", ["range '3-1' is empty", "'1-3'"]),
+    ("a,b", "motion", ["'a,b' is not a unit list", "no class names"]),
+    ("-1", "motion", ["'-1' is negative"]),
+    ("1-2-3", "motion", ["'1-2-3' is not a unit index or a range"]),
+    ("0,5", "motion", ["unit(s) [5] in '0,5' out of range"]),
+    ("leftwrd;red", "logits", ["unknown class 'leftwrd'", "did you mean 'leftward'"]),
+    ("rightward,red", "logits", ["separated by ';', not ','"]),
+])
+def test_unit_lists_name_the_bad_part_the_syntax_and_the_range(spec, layer, needles):
+  from stviz_jax import job  # pylint: disable=g-import-not-at-top
+  model = _labelled_model()
+  with pytest.raises(ValueError) as e:
+    job.parse_units(spec, model, layer)
+  message = str(e.value)
+  assert "\n" not in message
+  n = model.spec.num_units(layer)
+  for needle in needles + ["'all'", "'0-7'", "'1,4,9'", f"0..{n - 1}"]:
+    assert needle in message, (needle, message)
+  assert ("class names separated by ';'" in message) == (layer == "logits")
+  assert job.parse_units("0, 2-3", model, "motion") == [0, 2, 3]
+
+
+def test_unknown_class_lists_close_matches():
+  from stviz_jax import job  # pylint: disable=g-import-not-at-top
+  model = _labelled_model()
+  for call in (model.class_index, lambda n: job._class_or_index(n, model)):
+    with pytest.raises(ValueError, match=r"unknown class 'dwonward' of model 'model'; "
+                                         r"did you mean 'downward'"):
+      call("dwonward")
+    with pytest.raises(ValueError, match=r"did you mean 'red'$"):
+      call("Red")
+  assert model.class_index("upward") == 3
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("scale(a,b)", "config.transforms item 'scale(a,b)'"),
+    ("jitter, pad(x)", "config.transforms item 'pad(x)'"),
+    ("rotate(nan)", "finite"),
+    ("scale(1)", "config.transforms item 'scale(1)'"),
+])
+def test_garbage_transforms_name_the_field_and_item(spec, needle):
+  from stviz_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = config_lib.default_config()
+  c.transforms = spec
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(c)
+  assert needle in str(e.value) and "could not convert" not in str(e.value), str(e.value)

@@ -14,6 +14,7 @@ is pruned, so asking for an early layer only computes up to that layer.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 from typing import Any, Callable, Mapping, Sequence
 
@@ -165,13 +166,35 @@ class Model:
     return example_inputs(self.spec.streams, batch, seed)
 
   def class_index(self, name: str) -> int:
+    """The index of class `name`.
+
+    Raises:
+      ValueError: one line naming the unknown class with its close matches
+        (case-insensitive, containing, difflib) or else a few valid names.
+    """
     if not self.labels:
       raise ValueError(f"model {self.name!r} has no class names")
-    if name not in self.labels:
-      close = [l for l in self.labels if name.lower() in l.lower()][:10]
-      raise ValueError(f"unknown class {name!r} for model {self.name!r}"
-                       + (f"; did you mean one of {close}" if close else ""))
-    return self.labels.index(name)
+    labels = list(self.labels)
+    if name in labels:
+      return labels.index(name)
+    close = close_matches(name, labels)
+    shown = (close or labels)[:5]
+    raise ValueError(f"unknown class {name!r} of model {self.name!r}; "
+                     f"{'did you mean' if close else 'valid classes include'} "
+                     f"{', '.join(repr(l) for l in shown)}"
+                     + ("" if close or len(labels) <= 5 else f" (and {len(labels) - 5} more)"))
+
+
+def close_matches(name: str, names: Sequence[str], n: int = 5) -> list[str]:
+  """Names like `name`: equal ignoring case, containing it (or contained), then
+  difflib's close matches; at most `n`, in that order."""
+  low = str(name).strip().lower()
+  names = [str(x) for x in names]
+  out = [x for x in names if x.lower() == low]
+  out += [x for x in names if low and (low in x.lower() or x.lower() in low)]
+  lower = {x.lower(): x for x in reversed(names)}
+  out += [lower[x] for x in difflib.get_close_matches(low, list(lower), n=n, cutoff=0.6)]
+  return list(dict.fromkeys(out))[:n]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
