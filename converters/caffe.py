@@ -119,7 +119,33 @@ def read_caffemodel(path: str) -> dict[str, ModelLayer]:
   if not out:
     raise CaffeError(f"{path}: no layers found (NetParameter fields "
                      f"{sorted(net.fields)}); is this a caffemodel?")
+  for line in suspicious_blobs(out, path):
+    print(f"warning: {line}", file=sys.stderr, flush=True)
   return out
+
+
+# Values above this are not weights a trained net holds (float32's max is 3.4e38).
+HUGE = 1e30
+
+
+def suspicious_blobs(model: Mapping[str, ModelLayer], path: str = "") -> list[str]:
+  """One line per blob holding NaN, inf or a magnitude above `HUGE`, naming the
+  file, layer and blob: such weights convert, but give non-finite outputs."""
+  lines = []
+  for layer in model.values():
+    for i, blob in enumerate(layer.blobs):
+      data = np.asarray(blob.data)
+      finite = np.isfinite(data)
+      n_bad = int(data.size - finite.sum())
+      big = np.abs(np.where(finite, data, 0)).max(initial=0.0)
+      if n_bad or big > HUGE:
+        what = ", ".join(
+            ([f"{n_bad} NaN/inf value(s)"] if n_bad else [])
+            + ([f"values up to {big:.3g} (> {HUGE:g})"] if big > HUGE else []))
+        lines.append(f"{path + ': ' if path else ''}layer {layer.name!r} blob {i} "
+                     f"(shape {tuple(blob.shape)}): {what}; the converted weights will "
+                     "give non-finite or meaningless outputs")
+  return lines
 
 
 def _add_layer(out, layer, path):

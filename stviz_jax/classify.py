@@ -49,6 +49,14 @@ def read_video(path: str) -> np.ndarray:
     frames = np.repeat(frames, 3, axis=-1)
   if frames.shape[-1] != 3:
     raise ValueError(f"--video {path}: expected 3 colour channels, got {frames.shape[-1]}")
+  if not frames.size:
+    raise ValueError(f"--video {path}: the clip is empty (shape {frames.shape})")
+  if not np.issubdtype(frames.dtype, np.number) or np.issubdtype(frames.dtype, np.complexfloating):
+    raise ValueError(f"--video {path}: expected real-valued frames, got dtype {frames.dtype}")
+  bad = int(frames.size - np.isfinite(frames).sum())
+  if bad:
+    raise ValueError(f"--video {path}: {bad} of {frames.size} values are NaN or infinite; "
+                     "a clip must hold finite pixel values")
   return frames
 
 
@@ -83,6 +91,9 @@ def top_k(model: models.Model, clip: np.ndarray, k: int = 5
           ) -> list[tuple[str, float, float]]:
   """`[(class name, probability, logit)]` of the k best classes of one clip."""
   logits = np.asarray(model({"rgb": jnp.asarray(clip)[None]})[0], np.float64)
+  if not np.isfinite(logits).all():
+    raise FloatingPointError(f"model {model.name!r} gave non-finite logits for this clip "
+                             "(NaN or infinite weights?); no ranking")
   probs = np.exp(logits - logits.max())
   probs /= probs.sum()
   order = np.argsort(-logits)[:k]

@@ -214,3 +214,12 @@ def test_garbage_transforms_name_the_field_and_item(spec, needle):
   with pytest.raises(ValueError) as e:
     config_lib.validate(c)
   assert needle in str(e.value) and "could not convert" not in str(e.value), str(e.value)
+
+
+def test_classify_refuses_a_non_finite_clip(tmp_path):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  clip = tmp_path / "nan.npy"
+  np.save(clip, np.full((2, 8, 8, 3), np.nan, np.float32))
+  res = _run("stviz_jax.classify", "--model=nope", f"--video={clip}")
+  _assert_one_error(res, 2, str(clip), "NaN or infinite")
+  assert "rank" not in res.stdout

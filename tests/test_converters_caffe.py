@@ -777,3 +777,15 @@ def test_cli_into_zoo_loads_with_models_load(fixtures_dir, tmp_path):
   direct = caffe.load(proto, weights, stream="flow")
   x = rs.uniform(-20, 20, (1, 5, 224, 224, 2)).astype(np.float32)
   assert relerr(np.asarray(zoo({"flow": x})) / 1.5, direct({"flow": x})) < 1e-4
+
+
+def test_non_finite_and_huge_weights_warn_per_blob(tmp_path, capsys):
+  w = np.ones((2, 3), np.float32)
+  w[0, 1] = np.nan
+  data = caffemodel_bytes([("ip1", "InnerProduct", [w, np.array([2.5e38, 0], np.float32)]),
+                           ("ip2", "InnerProduct", [np.ones((2, 2), np.float32)])])
+  caffe.read_caffemodel(write(tmp_path, "bad.caffemodel", data))
+  lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("warning: ")]
+  assert len(lines) == 2, lines
+  assert "bad.caffemodel: layer 'ip1' blob 0 (shape (2, 3)): 1 NaN/inf value(s)" in lines[0]
+  assert "layer 'ip1' blob 1" in lines[1] and "2.5e+38 (> 1e+30)" in lines[1]
