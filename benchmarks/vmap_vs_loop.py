@@ -8,16 +8,25 @@ once for all units (chunk of 16). Modes alternate over `--repeats` rounds so
 machine noise hits both alike; the JSON line reports the median.
 
   python benchmarks/vmap_vs_loop.py [--units=16 --steps=64 --size=112 --repeats=2]
+
+`--net=i3d`: the real Kinetics-400 I3D of README command 1 (8 x `--size`
+clips, class units of 'logits', the main job's default recipe), e.g.
+`--net=i3d --units=6 --steps=8` (its 2 classes x 3 gammas).
 """
 
 import argparse
 import json
 import time
 
+import os
+import sys
+
 import numpy as np
 
 import stviz_jax as sv
 from common import machine, vgg_style_model
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs"))
 
 
 def main():
@@ -26,15 +35,23 @@ def main():
   p.add_argument("--steps", type=int, default=64)
   p.add_argument("--size", type=int, default=112)
   p.add_argument("--repeats", type=int, default=2)
+  p.add_argument("--net", default="vgg", choices=("vgg", "i3d"))
   args = p.parse_args()
 
-  model = vgg_style_model(args.size)
   config = sv.default_config()
+  if args.net == "vgg":
+    model, layer = vgg_style_model(args.size), "conv3_3"
+  else:
+    import i3d_kinetics400  # configs/, on the path below.
+    model, layer = sv.models.load("i3d_kinetics400", frames=8, size=args.size), "logits"
+    config = i3d_kinetics400.get_config()
+    config.objective.kind = "class_logit"
   config.steps = args.steps
+  config.progress_every = 0.0
   units = list(range(args.units))
 
-  loop_vis = sv.Visualizer(model, "conv3_3", config)
-  vmap_vis = sv.Visualizer(model, "conv3_3", config)
+  loop_vis = sv.Visualizer(model, layer, config)
+  vmap_vis = sv.Visualizer(model, layer, config)
   compile_s = {}
   for name, vis, chunk in (("loop", loop_vis, 1), ("vmap", vmap_vis, args.units)):
     t = time.perf_counter()
@@ -54,7 +71,7 @@ def main():
   med = {k: float(np.median(v)) for k, v in times.items()}
   print(json.dumps({
       "benchmark": "vmap_vs_loop", "units": args.units, "steps": args.steps,
-      "size": args.size, "layer": "conv3_3",
+      "net": args.net, "size": args.size, "layer": layer,
       "loop_units_per_s": round(args.units / med["loop"], 4),
       "vmap_units_per_s": round(args.units / med["vmap"], 4),
       "speedup_vmap_over_loop": round(med["loop"] / med["vmap"], 3),

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stviz_jax import analysis, models
+from stviz_jax import analysis, models, quality
 from stviz_jax.data import synthetic
 from stviz_jax.optimize import Visualizer
 
@@ -97,6 +97,21 @@ def test_class_units_recover_colour_and_direction(class_results, classes):
   # The flow is a coherent motion, not a zero-mean pattern with a lucky mean.
   assert np.all(m["flow_coherence"] > 0.9)
   assert np.all(m["flow_magnitude"] > 0.2)
+
+
+@pytest.mark.slow
+def test_class_pictures_keep_their_class_under_held_out_transforms(model, class_results):
+  """The synthetic net's class pictures are explanations, not pixel-exact patterns:
+  every class stays rank 1 under >= 90 % of the seeded crops/flips/time rolls/blurs
+  (a flip reverses a horizontal motion, so 'right' and 'left' classes may swap there)."""
+  r = class_results[1.0]
+  frames = r.inputs["flow"].shape[1]
+  ts = quality.transform_set(16, frames=frames, seed=0)
+  rob = quality.robustness(model, models.LOGITS, r.inputs, r.units, ts)
+  keeps = ts.flip == 0  # flips turn rightward motion leftward: a different class here.
+  robust = np.mean(rob["transformed_rank"][:, keeps] == 1, axis=1)
+  assert np.all(rob["rank"] == 1)
+  assert np.all(robust >= quality.ROBUST_GOAL), dict(zip(r.units.tolist(), robust))
 
 
 @pytest.mark.slow
