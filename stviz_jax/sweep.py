@@ -147,6 +147,18 @@ class _ChunkStore:
     tree = self.manager.restore(index, args=ocp.args.StandardRestore())
     return tree["inputs"], tree["activation"], tree["history"]
 
+  def chunk_path(self, index: int) -> str:
+    return os.path.join(str(self.manager.directory), str(index))
+
+  def discard(self, index: int) -> None:
+    """Removes a chunk that cannot be restored, so it is computed and saved anew."""
+    try:
+      self.manager.delete(index)
+    except Exception:  # pylint: disable=broad-except  # a corrupt step may not delete cleanly.
+      pass
+    shutil.rmtree(self.chunk_path(index), ignore_errors=True)
+    self.manager.reload()
+
 
 def _as_tree(out):
   inputs, act, hist = out
@@ -200,8 +212,18 @@ def run_sweep(vis: Visualizer, units: Sequence[int],
   for i in range(n_chunks):
     part = padded[i * chunk:(i + 1) * chunk]
     if i in done:
-      outs.append(store.restore(i))
-      continue
+      try:
+        restored = store.restore(i)
+        jax.tree.map(np.asarray, restored)  # a corrupt chunk fails here, not later.
+        outs.append(restored)
+        continue
+      except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many types.
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        logging.warning("%s: checkpoint chunk %d (%s) cannot be restored (%s: %s); "
+                        "recomputing it", vis.layer, i, store.chunk_path(i),
+                        type(e).__name__, first)
+        store.discard(i)
+        done.discard(i)
     traces = vis.trace_count
     out = vis.run_chunk(np.array([u for u, _ in part], np.int32),
                         [full[k] for _, k in part], seed, sharding, replicated)

@@ -152,3 +152,23 @@ def test_resume_recomputes_when_the_weights_at_the_same_path_change(tmp_path):
   np.testing.assert_array_equal(b.activations, fresh_b.activations)
   again = sweep_with(1, state)  # unchanged weights: restored, still B's.
   np.testing.assert_array_equal(again.inputs["rgb"], fresh_b.inputs["rgb"])
+
+
+def test_a_corrupt_chunk_is_named_and_recomputed(tmp_path, model, caplog):
+  vis = sv.Visualizer(model, "flow/conv2", _config(steps=2, chunk_size=1))
+  state = tmp_path / "s"
+  fresh = sweep.run_sweep(vis, [0, 1], [{}], vis.config, state_dir=str(state))[0]
+  chunk = state / "chunks" / "0"
+  for f in chunk.rglob("*"):
+    if f.is_file() and f.name != "_CHECKPOINT_METADATA":
+      f.write_bytes(b"garbage")
+  with caplog.at_level("WARNING"):
+    again = sweep.run_sweep(vis, [0, 1], [{}], vis.config, state_dir=str(state))[0]
+  warned = [r.getMessage() for r in caplog.records if "cannot be restored" in r.getMessage()]
+  assert len(warned) == 1 and "checkpoint chunk 0" in warned[0] and str(chunk) in warned[0]
+  np.testing.assert_array_equal(again.inputs["rgb"], fresh.inputs["rgb"])
+  np.testing.assert_array_equal(again.activations, fresh.activations)
+  caplog.clear()
+  with caplog.at_level("WARNING"):  # recomputed and saved anew: restored cleanly now.
+    sweep.run_sweep(vis, [0, 1], [{}], vis.config, state_dir=str(state))
+  assert not [r for r in caplog.records if "cannot be restored" in r.getMessage()]
