@@ -666,8 +666,10 @@ def _save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
 
 
 def _layer_figure(layer: LayerRuns, out_stem: str, encodings: Sequence[str],
-                  max_units: int) -> dict[str, str] | None:
-  """The paper's figure for the most active units present under every setting."""
+                  max_units: int, names: Mapping[int, str] | None = None
+                  ) -> dict[str, str] | None:
+  """The paper's figure for the most active units present under every setting
+  (rows labelled with the class name of class units, from `names`)."""
   common = set(layer.units)
   for r in layer.runs:
     common &= {int(u) for u in r.units}
@@ -680,7 +682,9 @@ def _layer_figure(layer: LayerRuns, out_stem: str, encodings: Sequence[str],
   cells = [[inputs[r.name][u] for r in layer.runs] for u in units]
   meta = {"layer": layer.layer, "units": units, "settings": [r.name for r in layer.runs],
           "seed": layer.runs[0].seed}
-  return render.save_figure(out_stem, cells, [f"unit {u}" for u in units],
+  names = names or {}
+  rows = [f"{names[u]} (#{u})" if u in names else f"unit {u}" for u in units]
+  return render.save_figure(out_stem, cells, rows,
                             [r.label(plain=True) for r in layer.runs],
                             encoding=encodings[0], target_size=96, meta=meta)
 
@@ -1376,7 +1380,9 @@ def build(workdir: str, stats: str | None = None, encodings: Sequence[str] = ("r
     fig_stem = os.path.join(page_dir, "figure")
     mtime = max(r.mtime for r in layer.runs)
     if _stale(fig_stem + ".npz", mtime):
-      figures[layer.rel_dir] = _layer_figure(layer, fig_stem, encodings, figure_units)
+      figures[layer.rel_dir] = _layer_figure(
+          layer, fig_stem, encodings, figure_units,
+          _class_names_of(_read_json(os.path.join(workdir, "summary.json")) or {}, layer))
     else:
       figures[layer.rel_dir] = {f: f"{fig_stem}.{f}" for f in ("png", "gif", "mp4", "npz")
                                 if os.path.exists(f"{fig_stem}.{f}")}
