@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from typing import Iterator
 
@@ -49,6 +50,29 @@ def atomic_path(path: str) -> Iterator[str]:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)
     raise
+
+
+# What `atomic_path` names its temporary files: mkstemp's 8 characters after
+# TMP_PREFIX, then the destination's extension.
+_TMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+
+
+def remove_stale_temps(root: str) -> list[str]:
+  """Removes the temporary files `atomic_path` left under `root` (a kill between
+  their creation and the rename); returns their paths.
+
+  Only regular files named exactly as `atomic_path` names them are removed;
+  call it at the start of a run, when no writer of this run is active.
+  """
+  removed = []
+  for d, _, names in os.walk(root):
+    for n in names:
+      p = os.path.join(d, n)
+      if _TMP_NAME.match(n) and os.path.isfile(p) and not os.path.islink(p):
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(p)
+          removed.append(p)
+  return removed
 
 
 def write_bytes(path: str, data: bytes) -> None:

@@ -39,6 +39,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import time
 from typing import Sequence
 
@@ -551,11 +552,14 @@ def _differences(old, new, prefix: str = "") -> list[str]:
   return [] if old == new else [prefix.rstrip(".")]
 
 
-def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
   """Raises unless `workdir` can receive this run without mixing it with another.
 
   A workdir holds one run: it must be new, empty, or hold a run of this same
-  config (`config.json`; the rerun resumes it).
+  config (`config.json`; the rerun resumes it). A run of another config that
+  never finished (no `summary.json`) is replaced when the workdir holds only
+  what that run writes (config.json, its target folders): the paths returned,
+  which `run` removes once every other check has passed.
 
   Raises:
     ValueError: one line naming the workdir and what is in the way.
@@ -572,7 +576,7 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   if not os.access(probe, os.W_OK | os.X_OK):
     raise ValueError(f"{where}: {probe} is not writable; give a --workdir you can write to")
   if probe != os.path.abspath(workdir) or not os.listdir(workdir):
-    return
+    return []
   stamp = os.path.join(workdir, "config.json")
   if not os.path.isfile(stamp):
     names = sorted(os.listdir(workdir))
@@ -585,10 +589,32 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   except (OSError, ValueError) as e:
     raise ValueError(f"{stamp}: not a readable config ({e}); give a new --workdir") from None
   diff = _differences(old, json.loads(config.to_json()))
-  if diff:
-    shown = ", ".join(diff[:6]) + (f" (+{len(diff) - 6} more)" if len(diff) > 6 else "")
+  if not diff:
+    return []
+  shown = ", ".join(diff[:6]) + (f" (+{len(diff) - 6} more)" if len(diff) > 6 else "")
+  if os.path.exists(os.path.join(workdir, "summary.json")):
     raise ValueError(f"{where}: holds another run (its config.json differs in {shown}); "
                      "give a new --workdir, or the same config to resume that run")
+  # No summary.json: that run never finished. What it wrote may be replaced by
+  # this corrected run, but only if the workdir holds nothing else.
+  ours = _unfinished_run_files(old)
+  others = sorted(n for n in os.listdir(workdir) if n not in ours)
+  if others:
+    listed = ", ".join(others[:5]) + (f" (+{len(others) - 5} more)" if len(others) > 5 else "")
+    raise ValueError(f"{where}: holds an unfinished run (config.json differs in {shown}; no "
+                     f"summary.json) and files that run did not write ({listed}); move "
+                     "them, or give a new --workdir")
+  return sorted(os.path.join(workdir, n) for n in os.listdir(workdir))
+
+
+def _unfinished_run_files(old: dict) -> set[str]:
+  """Names directly under a workdir that a run of config `old` writes itself."""
+  names = {"config.json", "index.html", "gallery"}
+  targets = old.get("targets") or {}
+  for name in (targets if isinstance(targets, dict) and targets else [old.get("layer")]):
+    if isinstance(name, str) and name:
+      names.add(_layer_dir(name))
+  return names
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -612,7 +638,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         process_id=sw.process_id if sw.process_id >= 0 else None)
   if jax.process_count() > 1:
     workdir = os.path.join(workdir, f"host_{jax.process_index()}")
-  check_workdir(workdir, config)
+  unfinished = check_workdir(workdir, config)
   kwargs = dict(config.model_overrides)
   if config.weights:
     kwargs["weights"] = config.weights
@@ -621,7 +647,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   samples = samples_from_config(config, model)
   comparisons = comparisons_from_config(config, model, targets)
   settings = settings_from_config(config, model.spec.streams)
+  if unfinished:
+    logging.warning("%s: replacing an unfinished run of another config (no summary.json): "
+                    "removing %s", workdir, ", ".join(os.path.basename(p) for p in unfinished))
+    for p in unfinished:
+      if os.path.isdir(p) and not os.path.islink(p):
+        shutil.rmtree(p)
+      else:
+        os.remove(p)
   os.makedirs(workdir, exist_ok=True)
+  stale = files.remove_stale_temps(workdir)
+  if stale:
+    logging.info("%s: removed %d temporary file(s) of an interrupted run", workdir, len(stale))
   files.write_text(os.path.join(workdir, "config.json"), config.to_json(indent=2))
   summary = {"model": model.name, "seed": config.seed, "layers": {}, "targets": {}}
   if comparisons:

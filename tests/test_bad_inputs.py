@@ -223,3 +223,32 @@ def test_classify_refuses_a_non_finite_clip(tmp_path):
   res = _run("stviz_jax.classify", "--model=nope", f"--video={clip}")
   _assert_one_error(res, 2, str(clip), "NaN or infinite")
   assert "rank" not in res.stdout
+
+
+def test_unfinished_run_does_not_block_the_corrected_rerun_and_temps_are_swept(tmp_path):
+  workdir = tmp_path / "run"
+  first = _run("stviz_jax.main", *TINY, "--config.units=0", f"--workdir={workdir}")
+  assert first.returncode == 0, first.stderr[-3000:]
+  os.remove(workdir / "summary.json")  # as if that run had failed before finishing.
+  (workdir / "fusion" / ".tmp_abcd1234.webm").write_bytes(b"half a video")
+  (workdir / "notes.txt").write_text("mine")
+  before = _tree(str(workdir))
+  res = _run("stviz_jax.main", *TINY, "--config.units=0", "--config.layer=flow/conv2",
+             f"--workdir={workdir}")
+  _assert_one_error(res, 2, str(workdir), "unfinished run", "notes.txt", "move them")
+  assert _tree(str(workdir)) == before
+  os.remove(workdir / "notes.txt")
+  res = _run("stviz_jax.main", *TINY, "--config.units=0", "--config.layer=flow/conv2",
+             f"--workdir={workdir}")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert json.load(open(workdir / "config.json"))["layer"] == "flow/conv2"
+  assert not (workdir / "fusion").exists() and (workdir / "summary.json").exists()
+  # A finished workdir of the same config: a rerun resumes and sweeps stale temporaries.
+  stale = workdir / "flow_conv2" / ".tmp_wxyz9876.npz"
+  stale.write_bytes(b"")
+  keep = workdir / "flow_conv2" / ".tmp_mine.txt"
+  keep.write_text("not a temporary of ours")
+  again = _run("stviz_jax.main", *TINY, "--config.units=0", "--config.layer=flow/conv2",
+               f"--workdir={workdir}")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert not stale.exists() and keep.exists()
