@@ -4,8 +4,8 @@ Command (the README's first command):
   pip install -e '.[i3d]' && python -m stviz_jax.main --config=configs/i3d_kinetics400.py --workdir=/tmp/stviz
 
 Runtime (measured 2026-12-01 on this project's 2-core CPU, idle, no GPU):
-the job alone 5-5.5 min wall (332 s with a test run beside it, 411 s of
-CPU time), plus about 45 s for the install: about 6 min, over the 5-minute goal.
+README command 1 from a clean clone 4 min 51 s wall including the install
+(the job 246 s, 445 s of CPU time); 5.5 min with a test run beside it.
 Twice the steps (`--config.targets.classes.steps=80
 --config.targets.mixed_4f.steps=40`) give clearer pictures in about 10 min.
 Peak memory about 3 GB.

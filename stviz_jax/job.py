@@ -765,8 +765,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     blocks = [b for per in summary["quality"]["targets"].values() for b in per.values()]
     summary["quality"]["passing"] = sum(b["passing"] for b in blocks)
     summary["quality"]["units"] = sum(b["units"] for b in blocks)
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  # Atomic: a summary.json marks a finished run, so it must never be half-written.
+  with files.atomic_path(os.path.join(workdir, "summary.json")) as tmp:
+    with open(tmp, "w") as f:
+      json.dump(summary, f, indent=2)
   gallery.build(workdir)
   logging.info("done in %.1fs; results in %s", summary["seconds"], workdir)
   return summary
