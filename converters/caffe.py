@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import re
@@ -1325,13 +1324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   else:
     if not args.part:
       parser.error("--architecture needs at least one --part")
-    overrides = {}
-    for item in args.arg:
-      key, _, value = item.partition("=")
-      try:
-        overrides[key] = json.loads(value)
-      except json.JSONDecodeError:
-        overrides[key] = value
+    overrides = common.parse_overrides(args.arg)
     if isinstance(overrides.get("streams"), list):
       overrides["streams"] = tuple(overrides["streams"])
     parts = [("" if t == "-" else t, p, c) for t, p, c in args.part]

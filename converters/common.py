@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Iterable, Mapping
 
@@ -110,3 +111,15 @@ def report_written(output: str, model, hint: str) -> None:
   """The converter CLIs' last line: what was written and how to load it."""
   streams = {k: v.shape for k, v in model.spec.streams.items()}
   print(f"wrote {output}: {model.name}, streams {streams}; load it with {hint}")
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+  """`--arg KEY=JSON` items as zoo factory arguments (a value that is not JSON stays a string)."""
+  overrides = {}
+  for item in items:
+    key, _, value = item.partition("=")
+    try:
+      overrides[key] = json.loads(value)
+    except json.JSONDecodeError:
+      overrides[key] = value
+  return overrides

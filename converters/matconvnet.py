@@ -30,7 +30,6 @@ input of a final softmax/loss layer, with 1x1 spatial dimensions dropped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import sys
@@ -815,13 +814,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   # Errors become one line (exit code 2 for bad input) in stviz_jax.cli.
   checkpoint.check_output(args.output, overwrite=args.overwrite, inputs=[args.mat])
   if args.architecture:
-    overrides = {}
-    for item in args.arg:
-      key, _, value = item.partition("=")
-      try:
-        overrides[key] = json.loads(value)
-      except json.JSONDecodeError:
-        overrides[key] = value
+    overrides = common.parse_overrides(args.arg)
     model, kwargs = to_zoo(args.mat, args.architecture, **overrides)
     common.save(args.output, model.variables, source=args.mat,
                 architecture=args.architecture, fmt="matconvnet",
