@@ -29,7 +29,6 @@ import platform
 import time
 
 import jax
-import numpy as np
 
 import stviz_jax as sv
 from stviz_jax import job, quality, render
@@ -124,14 +123,14 @@ def recipe_config(net: str, recipe: str, steps: int, frames: int, size: int):
   return config
 
 
-def measure(model, config, gammas, transforms, save: str = "") -> dict:
+def measure(model, config, targets, gammas, transforms, save: str = "") -> dict:
   """Optimises every target under every gamma; the quality of each and the wall time.
 
   With `save`, each result's grid (units x gammas, middle frames) goes to
   `save/<target>.png`, so the pictures can be looked at beside the numbers.
   """
   out = {"seconds": 0.0, "targets": {}}
-  for name, (layer, units_spec, kind) in NETS_ACTIVE["targets"].items():
+  for name, (layer, units_spec, kind) in targets.items():
     units = job.parse_units(units_spec, model, layer)
     cfg = config.copy_and_resolve_references()
     cfg.objective.kind = kind
@@ -163,9 +162,6 @@ def _with_gammas(config, gammas):
   return c
 
 
-NETS_ACTIVE = {}
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--net", default="i3d", choices=sorted(NETS))
@@ -178,10 +174,9 @@ def main():
   p.add_argument("--targets", default="", help="only these targets (comma-separated)")
   p.add_argument("--save", default="", help="write each recipe's grids under SAVE/<recipe>_<steps>/")
   args = p.parse_args()
-  NETS_ACTIVE.update(NETS[args.net])
+  targets = NETS[args.net]["targets"]
   if args.targets:
-    NETS_ACTIVE["targets"] = {k: v for k, v in NETS_ACTIVE["targets"].items()
-                              if k in args.targets.split(",")}
+    targets = {k: v for k, v in targets.items() if k in args.targets.split(",")}
   gammas = [float(g) for g in args.gammas.split(",")]
   first = recipe_config(args.net, "paper", 1, args.frames, args.size)
   kwargs = dict(first.model_overrides)
@@ -193,7 +188,7 @@ def main():
       raise SystemExit(f"error: unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
     for steps in (int(s) for s in args.steps.split(",")):
       config = recipe_config(args.net, recipe, steps, args.frames, args.size)
-      m = measure(model, config, gammas, transforms,
+      m = measure(model, config, targets, gammas, transforms,
                   os.path.join(args.save, f"{recipe}_{steps}") if args.save else "")
       line = {"benchmark": "quality", "net": args.net, "recipe": recipe, "steps": steps,
               "frames": args.frames, "size": args.size, "gammas": gammas,

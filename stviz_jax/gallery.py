@@ -68,7 +68,6 @@ import html
 import json
 import os
 import re
-import sys
 import urllib.parse
 import zipfile
 from typing import Any, Mapping, Sequence

@@ -130,22 +130,6 @@ def flow_speed(flow: jax.Array) -> jax.Array:
   return jnp.mean(jnp.sqrt(jnp.sum(flow * flow, axis=-1)), axis=(-3, -2, -1))
 
 
-def apparent_speed(rgb: np.ndarray, value_range: tuple[float, float]) -> float:
-  """Mean optical-flow speed (pixels per frame) of an RGB clip `(T, H, W, 3)`.
-
-  For 3-D ConvNets on RGB alone (I3D), the motion a picture shows is
-  measured from the frames; needs OpenCV (the `data` extra). NaN for one frame.
-  """
-  from stviz_jax.data import videos  # pylint: disable=import-outside-toplevel
-  rgb = np.asarray(rgb, np.float32)
-  if rgb.shape[0] < 2:
-    return float("nan")
-  lo, hi = value_range
-  frames = np.clip(np.round((rgb - lo) / (hi - lo) * 255), 0, 255).astype(np.uint8)
-  flow = videos.optical_flow(frames, "farneback")
-  return float(np.mean(np.sqrt(np.sum(flow ** 2, axis=-1))))
-
-
 # --- transform robustness ---------------------------------------------------------
 
 
@@ -232,16 +216,6 @@ def apply_transform(inputs: Mapping[str, jax.Array], side, top, left, flip, roll
     y = jnp.roll(y, roll, axis=0)
     out[s] = _blur(y, sigma)
   return out
-
-
-def unit_response(model: Model, layer: str, inputs: Mapping[str, jax.Array],
-                  units: jax.Array) -> jax.Array:
-  """The activation of unit `units[i]` of `layer` on clip i: the class logit for
-  'logits', else the channel's mean over its space-time positions. `(U,)`."""
-  feats = model.activations(inputs, [layer])[layer]
-  if layer != LOGITS:
-    feats = jnp.mean(feats, axis=tuple(range(1, feats.ndim - 1)))
-  return jnp.take_along_axis(feats, jnp.asarray(units)[:, None], axis=1)[:, 0]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
