@@ -157,3 +157,14 @@ def test_config_errors_name_the_field(hand):
     sv.Visualizer(hand, "motion", c)
   with pytest.raises(ValueError, match="samples >= 2"):
     sv.Visualizer(hand, "motion", _config()).run_diverse(0, samples=1)
+
+
+def test_class_score_log_prob_is_the_log_softmax_and_unknown_scores_are_named():
+  logits = jnp.asarray([[2.0, -1.0, 0.5]])
+  acts = {"logits": logits}
+  plain = objective.class_logit().fn(acts, 2)
+  log_prob = objective.class_logit(score="log_prob").fn(acts, 2)
+  assert float(plain) == pytest.approx(0.5)
+  assert float(log_prob) == pytest.approx(float(jax.nn.log_softmax(logits)[0, 2]))
+  with pytest.raises(ValueError, match="objective.class_score 'prob'; valid: logit, log_prob"):
+    objective.class_logit(score="prob")
