@@ -445,8 +445,8 @@ def samples_path(out_dir: str, unit: int) -> str:
 
 
 def _finished_samples(path: str, config: ml_collections.ConfigDict, seed: int,
-                      settings: dict, samples: int) -> Result | None:
-  """The K samples saved by an earlier run of the same config, else None (resume)."""
+                      settings: dict, samples: int, weights: str) -> Result | None:
+  """The K samples saved by an earlier run of the same config and weights, else None."""
   if not os.path.isfile(path):
     return None
   try:
@@ -456,6 +456,7 @@ def _finished_samples(path: str, config: ml_collections.ConfigDict, seed: int,
   except (OSError, KeyError, ValueError):
     return None
   same = (meta.get("config") == json.loads(config.to_json()) and meta.get("seed") == seed
+          and meta.get("weights") == weights
           and json.loads(json.dumps(meta.get("settings")))
           == json.loads(json.dumps(settings)) and len(result.units) == samples)
   return result if same else None
@@ -475,14 +476,15 @@ def run_diverse_units(vis: Visualizer, units: Sequence[int], tv: dict,
   """
   per_unit = {}
   settings = vis.settings(tv)
+  weights = sweep.weights_digest(vis.model.variables)
   t0 = time.time()
   for n, unit in enumerate(units, 1):
     path = samples_path(out_dir, unit)
-    r = (_finished_samples(path, config, config.seed, settings, samples)
+    r = (_finished_samples(path, config, config.seed, settings, samples, weights)
          if config.sweep.resume else None)
     if r is None:
       r = run_diverse(vis, unit, samples, config.seed, tv=tv)
-      r.save(path, config)
+      r.save(path, config, weights=weights)
       for k in range(1, samples):
         for stream, x in r.inputs.items():
           render.save_stream_media(

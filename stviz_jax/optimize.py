@@ -74,13 +74,19 @@ class Result:
   seed: int
   settings: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
-  def save(self, path: str, config: ml_collections.ConfigDict | None = None) -> None:
-    """Writes an `.npz` atomically (temporary name, then rename)."""
+  def save(self, path: str, config: ml_collections.ConfigDict | None = None,
+           weights: str = "") -> None:
+    """Writes an `.npz` atomically (temporary name, then rename).
+
+    `config` and `weights` (a digest of the model's variables) are recorded so a
+    resumed run can tell whether the file belongs to the same run and weights.
+    """
     arrays = {f"inputs_{k}": v for k, v in self.inputs.items()}
     arrays.update({f"history_{k}": v for k, v in self.history.items()})
     meta = dict(layer=self.layer, a_hat_given=self.a_hat_given, seed=self.seed,
                 settings=self.settings,
-                config=json.loads(config.to_json()) if config is not None else None)
+                config=json.loads(config.to_json()) if config is not None else None,
+                weights=weights)
     arrays.update(units=self.units, activations=self.activations,
                   meta=np.asarray(json.dumps(meta)))
     _atomic_savez(path, arrays)

@@ -164,3 +164,39 @@ def test_unit_page_shows_the_k_samples(diverse_run):
   for stem in stems:
     assert all(os.path.isfile(_local(page, stem + e)) for e in (".webm", ".mp4", ".gif"))
   assert _check_links(workdir, list(SETTINGS)) > 50
+
+
+def test_rerun_recomputes_samples_when_the_weights_at_the_same_path_change(tmp_path):
+  """Saved samples belong to the weights' content, not their path: weights B
+  re-saved where A was are optimised afresh, and equal a clean run on B."""
+  from stviz_jax.config import default_config
+  from stviz_jax.models import checkpoint
+  weights = str(tmp_path / "weights")
+  shape = dict(size=8, frames=2, width=8)
+
+  def config():
+    c = default_config()
+    c.model_overrides = shape
+    c.weights, c.units, c.steps, c.gammas = weights, "0", 2, (0.0,)
+    c.objective.samples, c.objective.diversity = 2, 1.0
+    c.quality.transforms = 0
+    return c
+
+  def save_weights(seed):
+    random = sv.models.load("tiny_two_stream", seed=seed, **shape)
+    checkpoint.save(weights, random.variables, {"architecture": "tiny_two_stream"},
+                    overwrite=True)
+
+  def samples(workdir):
+    return Result.load(os.path.join(workdir, "fusion", "kappa1_gamma0", "unit_0000_samples.npz"))
+
+  save_weights(0)
+  job.run(config(), str(tmp_path / "run"))
+  a = samples(str(tmp_path / "run"))
+  save_weights(1)
+  again = job.run(config(), str(tmp_path / "run"))   # the same command, other weights.
+  job.run(config(), str(tmp_path / "fresh"))
+  assert again["compilations"] == 1
+  assert not np.array_equal(a.inputs["rgb"], samples(str(tmp_path / "fresh")).inputs["rgb"])
+  np.testing.assert_array_equal(samples(str(tmp_path / "run")).inputs["rgb"],
+                                samples(str(tmp_path / "fresh")).inputs["rgb"])
