@@ -268,8 +268,8 @@ def parse_net(path_or_text: str, *, phase: str = "TEST", stages: Sequence[str] =
   inputs: dict[str, tuple[int, ...]] = {}
   names = [str(n) for n in msg.all("input")]
   if names:
-    dims = [int(d) for d in msg.all("input_dim")]
-    shapes = [tuple(int(d) for d in s.all("dim")) for s in msg.all("input_shape")]
+    dims = msg.all_ints("input_dim")
+    shapes = [tuple(s.all_ints("dim")) for s in msg.all("input_shape")]
     if shapes:
       if len(shapes) != len(names):
         raise CaffeError(f"{source}: {len(names)} inputs but {len(shapes)} input_shape")
@@ -364,21 +364,16 @@ class Graph:
     return len(self.input_shape) == 5
 
 
-def _ints(msg: prototxt.Msg, key: str) -> list[int]:
-  return [int(v) for v in msg.all(key)]
-
-
 def _spatial(msg: prototxt.Msg, key: str, n: int, default: int | None) -> list[int]:
   """kernel_size/pad/stride/dilation as n spatial values (Caffe's _h/_w and repeated forms)."""
-  h, w = msg.get(key.replace("_size", "") + "_h"), msg.get(key.replace("_size", "") + "_w")
-  if key == "kernel_size":
-    h, w = msg.get("kernel_h"), msg.get("kernel_w")
-  if h is not None or w is not None:
-    if h is None or w is None:
-      raise CaffeError(f"{msg.where()}: give both {key}_h and {key}_w")
-    vals = [int(h), int(w)]
+  stem = "kernel" if key == "kernel_size" else key
+  h_key, w_key = stem + "_h", stem + "_w"
+  if msg.has(h_key) or msg.has(w_key):
+    if not (msg.has(h_key) and msg.has(w_key)):
+      raise CaffeError(f"{msg.where()}: give both {h_key} and {w_key}")
+    vals = [msg.get_int(h_key), msg.get_int(w_key)]
     return vals if n == 2 else [vals[0]] * (n - 2) + vals
-  vals = _ints(msg, key)
+  vals = msg.all_ints(key)
   if not vals:
     if default is None:
       raise CaffeError(f"{msg.where()}: {key} is required")
@@ -546,16 +541,16 @@ def _data_shape(layer: Layer, is_3d: bool, override, where: str) -> tuple[int, .
     shapes = [m for m in layer.param("input_param").all("shape") if isinstance(m, prototxt.Msg)]
     if not shapes and override is None:
       raise CaffeError(f"{where}: Input layer without input_param.shape")
-    return tuple(int(d) for d in shapes[0].all("dim")) if shapes else (1,) + tuple(override)
+    return tuple(shapes[0].all_ints("dim")) if shapes else (1,) + tuple(override)
   if override is not None:
     return (1,) + tuple(override)
   if layer.type == "MemoryData":
     p = layer.param("memory_data_param")
-    return (1, int(p.get("channels", 0)), int(p.get("height", 0)), int(p.get("width", 0)))
+    return (1, p.get_int("channels", 0), p.get_int("height", 0), p.get_int("width", 0))
   tp = layer.param("transform_param")
   vp = layer.param("video_data_param", "image_data_param", "data_param")
-  crop = int(tp.get("crop_size", vp.get("crop_size", 0)))
-  length = int(vp.get("new_length", 1) or 1)
+  crop = tp.get_int("crop_size", vp.get("crop_size", 0))
+  length = vp.get_int("new_length", 1) or 1
   if not crop:
     raise CaffeError(f"{where}: cannot tell the input size (no crop_size); pass "
                      "input_shape=(C, H, W)")
@@ -580,9 +575,9 @@ def _op_for(layer: Layer, in_shapes, where):
       raise CaffeError(f"{where}: 3-D convolution on a 4-D input {x}")
     if n == 3:  # C3D's kernel_depth/temporal_* or BVLC's N-D repeated fields
       if p.has("kernel_depth"):
-        k = [int(p.get("kernel_depth"))] + _spatial(p, "kernel_size", 2, None)
-        pad = [int(p.get("temporal_pad", 0))] + _spatial(p, "pad", 2, 0)
-        stride = [int(p.get("temporal_stride", 1))] + _spatial(p, "stride", 2, 1)
+        k = [p.get_int("kernel_depth")] + _spatial(p, "kernel_size", 2, None)
+        pad = [p.get_int("temporal_pad", 0)] + _spatial(p, "pad", 2, 0)
+        stride = [p.get_int("temporal_stride", 1)] + _spatial(p, "stride", 2, 1)
       else:
         k = _spatial(p, "kernel_size", 3, None)
         pad = _spatial(p, "pad", 3, 0)
@@ -593,8 +588,8 @@ def _op_for(layer: Layer, in_shapes, where):
       pad = _spatial(p, "pad", 2, 0)
       stride = _spatial(p, "stride", 2, 1)
       dil = _spatial(p, "dilation", 2, 1)
-    cout = int(p.get("num_output", 0))
-    group = int(p.get("group", 1))
+    cout = p.get_int("num_output", 0)
+    group = p.get_int("group", 1)
     if cout <= 0 or x[1] % group or cout % group:
       raise CaffeError(f"{where}: num_output {cout} / group {group} do not fit "
                        f"{x[1]} input channels")
@@ -615,9 +610,9 @@ def _op_for(layer: Layer, in_shapes, where):
     if _bool(p.get("global_pooling"), False):
       k, pad, stride = list(x[2:]), [0] * n, [1] * n
     elif n == 3 and p.has("kernel_depth"):
-      k = [int(p.get("kernel_depth"))] + _spatial(p, "kernel_size", 2, None)
-      pad = [int(p.get("temporal_pad", 0))] + _spatial(p, "pad", 2, 0)
-      stride = [int(p.get("temporal_stride", 1))] + _spatial(p, "stride", 2, 1)
+      k = [p.get_int("kernel_depth")] + _spatial(p, "kernel_size", 2, None)
+      pad = [p.get_int("temporal_pad", 0)] + _spatial(p, "pad", 2, 0)
+      stride = [p.get_int("temporal_stride", 1)] + _spatial(p, "stride", 2, 1)
     elif n == 3 and t == "Pooling":  # BVLC Pooling is 2-D only; C3D uses Pooling3D
       raise CaffeError(f"{where}: 2-D Pooling on a 5-D input {x}")
     else:
@@ -630,30 +625,30 @@ def _op_for(layer: Layer, in_shapes, where):
     return "pool", attrs, [(x[0], x[1], *out)], False
   if t == "InnerProduct":
     p = layer.param("inner_product_param")
-    axis = int(p.get("axis", 1))
+    axis = p.get_int("axis", 1)
     if axis != 1:
       raise CaffeError(f"{where}: InnerProduct axis {axis} not supported (only 1)")
-    cout = int(p.get("num_output", 0))
+    cout = p.get_int("num_output", 0)
     attrs = dict(cin_shape=tuple(x[1:]), cout=cout, bias=_bool(p.get("bias_term"), True),
                  transpose=_bool(p.get("transpose"), False))
     return "dense", attrs, [(x[0], cout)], True
   if t == "ReLU":
-    slope = float(layer.param("relu_param").get("negative_slope", 0.0))
+    slope = layer.param("relu_param").get_float("negative_slope", 0.0)
     return "relu", dict(slope=slope), [x], False
   if t == "LRN":
     p = layer.param("lrn_param")
     region = str(p.get("norm_region", "ACROSS_CHANNELS")).upper()
-    size = int(p.get("local_size", 5))
+    size = p.get_int("local_size", 5)
     if size % 2 == 0:
       raise CaffeError(f"{where}: LRN local_size must be odd, got {size}")
-    attrs = dict(region=region, size=size, alpha=float(p.get("alpha", 1.0)),
-                 beta=float(p.get("beta", 0.75)), k=float(p.get("k", 1.0)))
+    attrs = dict(region=region, size=size, alpha=p.get_float("alpha", 1.0),
+                 beta=p.get_float("beta", 0.75), k=p.get_float("k", 1.0))
     if region not in ("ACROSS_CHANNELS", "WITHIN_CHANNEL"):
       raise CaffeError(f"{where}: unknown norm_region {region}")
     return "lrn", attrs, [x], False
   if t == "Concat":
     p = layer.param("concat_param")
-    axis = int(p.get("axis", p.get("concat_dim", 1))) % len(x)
+    axis = p.get_int("axis", p.get("concat_dim", 1)) % len(x)
     for s in in_shapes:
       if len(s) != len(x) or any(a != b for i, (a, b) in enumerate(zip(s, x)) if i != axis):
         raise CaffeError(f"{where}: cannot concatenate shapes {in_shapes} on axis {axis}")
@@ -674,13 +669,13 @@ def _op_for(layer: Layer, in_shapes, where):
       raise CaffeError(f"{where}: {t} with {len(in_shapes)} bottoms is not supported")
     attrs = dict(caffe_type=t, channels=x[1] if len(x) > 1 else 1)
     if t == "BN":
-      attrs["eps"] = float(layer.param("bn_param").get("eps", 1e-5))
+      attrs["eps"] = layer.param("bn_param").get_float("eps", 1e-5)
     elif t == "BatchNorm":
       p = layer.param("batch_norm_param")
-      attrs["eps"] = float(p.get("eps", 1e-5))
+      attrs["eps"] = p.get_float("eps", 1e-5)
     else:
       p = layer.param("scale_param")
-      if int(p.get("axis", 1)) != 1 or int(p.get("num_axes", 1)) != 1:
+      if p.get_int("axis", 1) != 1 or p.get_int("num_axes", 1) != 1:
         raise CaffeError(f"{where}: only per-channel Scale (axis 1, num_axes 1) is supported")
       attrs["bias"] = _bool(p.get("bias_term"), False)
     return "affine", attrs, [x], True
@@ -693,7 +688,7 @@ def _op_for(layer: Layer, in_shapes, where):
       raise CaffeError(f"{where}: Gather needs as many tops as bottoms")
     return "identity_multi", dict(gather=t == "Gather"), srcs, False
   if t == "Softmax":
-    axis = int(layer.param("softmax_param").get("axis", 1)) % len(x)
+    axis = layer.param("softmax_param").get_int("axis", 1) % len(x)
     if axis != 1:
       raise CaffeError(f"{where}: Softmax over axis {axis} is not supported (only channels)")
     return "softmax", {}, [x], False
@@ -701,8 +696,8 @@ def _op_for(layer: Layer, in_shapes, where):
     return t.lower(), {}, [x], False
   if t == "Power":
     p = layer.param("power_param")
-    return "power", dict(power=float(p.get("power", 1.0)), scale=float(p.get("scale", 1.0)),
-                         shift=float(p.get("shift", 0.0))), [x], False
+    return "power", dict(power=p.get_float("power", 1.0), scale=p.get_float("scale", 1.0),
+                         shift=p.get_float("shift", 0.0)), [x], False
   if t in ("Reshape", "Flatten"):
     size = int(np.prod(x[1:]))
     if t == "Flatten":

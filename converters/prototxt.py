@@ -57,6 +57,33 @@ class Msg:
     vals = self.all(key)
     return vals[-1] if vals else default
 
+  def get_int(self, key: str, default: Any = None) -> int:
+    """`get` as an integer; a missing required field or a value of another
+    type is one error naming the file, line and field."""
+    v = self.get(key, default)
+    if v is None:
+      raise PrototxtError(f"{self.where()}: field {key!r} is required (an integer)")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+      raise PrototxtError(f"{self.where()}: field {key!r} should be an integer, got {v!r}")
+    return int(v)
+
+  def all_ints(self, key: str) -> list[int]:
+    """Every value of the repeated field `key`, each checked as in `get_int`."""
+    vals = self.all(key)
+    for v in vals:
+      if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+        raise PrototxtError(f"{self.where()}: field {key!r} should hold integers, got {v!r}")
+    return [int(v) for v in vals]
+
+  def get_float(self, key: str, default: Any = None) -> float:
+    """`get` as a number (see `get_int`)."""
+    v = self.get(key, default)
+    if v is None:
+      raise PrototxtError(f"{self.where()}: field {key!r} is required (a number)")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+      raise PrototxtError(f"{self.where()}: field {key!r} should be a number, got {v!r}")
+    return float(v)
+
   def msg(self, key: str) -> "Msg":
     """The sub-message `key` (an empty one when absent, so defaults apply)."""
     v = self.get(key)

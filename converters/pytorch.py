@@ -148,11 +148,15 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   if not os.path.exists(path):
     raise PyTorchError(f"{path}: no such file")
   with open(path, "rb") as f:
-    magic = f.read(8)
-  if magic[:2] == b"PK" or magic[:1] == b"\x80":  # zip (torch >= 1.6) or legacy pickle
+    head = f.read(9)
+  if head[:2] == b"PK" or head[:1] == b"\x80":  # zip (torch >= 1.6) or legacy pickle
     sd = read_torch(path)
-  else:
+  elif path.endswith(".safetensors") or head[8:9] == b"{":  # a JSON header follows
     sd = read_safetensors(path)
+  else:
+    raise PyTorchError(f"{path}: neither a PyTorch state dict (a zip or pickle file, as "
+                       f"torch.save writes) nor a .safetensors file; it starts with bytes "
+                       f"{head.hex(' ')}")
   if sd and all(k.startswith("module.") for k in sd):
     sd = {k[len("module."):]: v for k, v in sd.items()}
   return sd

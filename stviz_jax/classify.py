@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stviz_jax import models
+from stviz_jax import files, models
 
 RESIZE_SHORT_SIDE = 256
 CROP = 224
@@ -32,7 +32,7 @@ def read_video(path: str) -> np.ndarray:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--video {path}: no such file")
   if path.endswith(".npy"):
-    frames = np.load(path, allow_pickle=False)
+    frames = files.load_npz(path)
   else:
     import imageio.v3 as iio
     try:

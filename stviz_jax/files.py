@@ -1,4 +1,5 @@
-"""Atomic file writes that honour the umask: the one helper every writer uses.
+"""Atomic file writes that honour the umask (the one helper every writer
+uses), and the one reader of `.npz`/`.npy` files whose errors name the file.
 
 A file is written under a temporary name in its destination folder and renamed
 into place, so a reader (or a rerun after a kill) sees the old file or the new
@@ -93,3 +94,21 @@ def savez(path: str, arrays) -> None:
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as f:
       np.savez(f, **arrays)
+
+
+def load_npz(path: str):
+  """`np.load(path)` without pickles: an `NpzFile` (a context manager) for an
+  `.npz`, an array for an `.npy`.
+
+  A missing, truncated or foreign file raises one error that names `path`
+  (numpy's own say neither which file nor what to do).
+  """
+  import zipfile  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such file")
+  try:
+    return np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise ValueError(f"{path}: not a readable numpy file ({type(e).__name__}: {e}); it may be "
+                     "truncated by an interrupted copy or write: recreate it") from e

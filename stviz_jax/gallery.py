@@ -75,7 +75,7 @@ from typing import Any, Mapping, Sequence
 from absl import app, flags, logging
 import numpy as np
 
-from stviz_jax import plots, quality, render
+from stviz_jax import files, plots, quality, render
 
 GALLERY_DIR = "gallery"
 RESULT_FILE = "result.npz"
@@ -103,7 +103,7 @@ class Part:
     return os.path.dirname(self.path)
 
   def load_inputs(self, stream: str) -> np.ndarray:
-    with np.load(self.path) as f:
+    with files.load_npz(self.path) as f:
       return f[f"inputs_{stream}"]
 
 
@@ -178,7 +178,7 @@ class SettingRun:
     name = _SAMPLES.format(int(unit))
     if self.index(unit) is None or name not in self.unit_files(unit):
       return None
-    with np.load(os.path.join(self.part(unit).dir, name)) as f:
+    with files.load_npz(os.path.join(self.part(unit).dir, name)) as f:
       return np.asarray(f["activations"], np.float64)
 
   def objective(self) -> dict:
@@ -250,7 +250,7 @@ def read_run(path: str) -> SettingRun:
   """Reads everything but the inputs from a `stviz_jax.Result` `.npz`."""
   try:
     shapes = _npz_shapes(path)
-    with np.load(path) as f:
+    with files.load_npz(path) as f:
       meta = json.loads(str(f["meta"]))
       history = {k[8:]: f[k] for k in f.files if k.startswith("history_")}
       units, acts = np.asarray(f["units"]).astype(int), f["activations"]
@@ -315,10 +315,10 @@ def discover(workdir: str) -> list[LayerRuns]:
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"workdir {workdir!r} does not exist")
   found: dict[tuple[str, str], dict[str, list[SettingRun]]] = {}
-  for root, dirs, files in os.walk(workdir):
+  for root, dirs, names in os.walk(workdir):
     dirs[:] = sorted(d for d in dirs if not d.startswith(".") and
                      os.path.join(root, d) != os.path.join(workdir, GALLERY_DIR))
-    if RESULT_FILE in files:
+    if RESULT_FILE in names:
       path = os.path.join(root, RESULT_FILE)
       run = read_run(path)
       key = (_target_dir(workdir, path) or run.layer, run.layer)
@@ -369,7 +369,7 @@ def load_stats(path: str) -> dict[str, LayerStats]:
   absolute = lambda p: p if (not p or "://" in p or os.path.isabs(p)) else os.path.join(base, p)
   out: dict[str, LayerStats] = {}
   if path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as f:
+    with files.load_npz(path) as f:
       names = [str(s) for s in f["class_names"]] if "class_names" in f.files else None
       for key in f.files:
         if "/" not in key:
@@ -608,7 +608,7 @@ def _part_tasks(layer: LayerRuns, run: SettingRun, part: Part,
     return inputs[stream]
 
   tasks = []
-  with np.load(part.path) as f:
+  with files.load_npz(part.path) as f:
     rows = {int(u): i for i, u in enumerate(f["units"])}
   for unit in part.units:
     i, unit = rows[int(unit)], int(unit)
@@ -649,7 +649,7 @@ def _sample_tasks(layer: LayerRuns, run: SettingRun, stem: str, encodings: Seque
                  and _stale(f"{stem}_sample{j}_{view}.{f}", mtime)]
       if missing:
         if stream not in arrays:
-          with np.load(path) as f:
+          with files.load_npz(path) as f:
             arrays[stream] = f[f"inputs_{stream}"]
         tasks.append(functools.partial(
             render.save_stream_media, f"{stem}_sample{j}_{view}", stream, arrays[stream][j],
@@ -658,7 +658,7 @@ def _sample_tasks(layer: LayerRuns, run: SettingRun, stem: str, encodings: Seque
 
 
 def _save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
-  with render.atomic_path(path) as tmp:
+  with files.atomic_path(path) as tmp:
     with open(tmp, "wb") as fh:
       np.savez(fh, **arrays)
   return {"npz": path}
@@ -877,7 +877,7 @@ def _page(title: str, body: str, css: str, js: str, data: Mapping | None = None)
 
 
 def _write(path: str, text: str) -> None:
-  render.atomic_write(path, text.encode("utf-8"))
+  files.write_bytes(path, text.encode("utf-8"))
 
 
 def _read_json(path: str) -> Any:

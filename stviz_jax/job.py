@@ -50,7 +50,7 @@ import numpy as np
 
 from stviz_jax import config as config_lib
 from stviz_jax import files, gallery, models, quality, render, sweep
-from stviz_jax.optimize import Result, Visualizer, _atomic_savez, build_target, run_diverse
+from stviz_jax.optimize import Result, Visualizer, build_target, run_diverse
 
 
 def _units_syntax(model: models.Model, layer: str) -> str:
@@ -236,8 +236,8 @@ def targets_from_config(config: ml_collections.ConfigDict,
                        f"not {layer!r}")
     try:
       build_target(model, layer, objective)
-    except ValueError as e:
-      raise ValueError(f"{where}.kind: {e}") from None
+    except ValueError as e:  # its messages name the objective.* field at fault.
+      raise ValueError(f"{where}: {e}") from None
     steps = None
     if "steps" in entry:
       steps = entry["steps"]
@@ -359,13 +359,13 @@ def save_unit_media(out_dir: str, result: Result, config, i: int) -> dict[str, s
   arrays = {f"inputs_{k}": v[i] for k, v in result.inputs.items()}
   arrays.update(activation=np.float32(result.activations[i]), unit=np.int32(unit),
                 seed=np.int32(result.seed), config=np.asarray(config.to_json()))
-  _atomic_savez(stem + ".npz", arrays)
-  files = {}
+  files.savez(stem + ".npz", arrays)
+  media = {}
   for stream, x in result.inputs.items():
     # PNG (middle frame); clips also as looping GIF, MP4 (H.264), WebM (VP9).
     written = render.save_stream_media(f"{stem}_{stream}", stream, x[i])
-    files.update({f"{stream}_{fmt}": path for fmt, path in written.items()})
-  return files
+    media.update({f"{stream}_{fmt}": path for fmt, path in written.items()})
+  return media
 
 
 def layer_grid(results: Sequence[Result], row_labels: Sequence[str] | None = None,
@@ -450,7 +450,7 @@ def _finished_samples(path: str, config: ml_collections.ConfigDict, seed: int,
   if not os.path.isfile(path):
     return None
   try:
-    with np.load(path) as f:
+    with files.load_npz(path) as f:
       meta = json.loads(str(f["meta"]))
     result = Result.load(path)
   except (OSError, KeyError, ValueError):

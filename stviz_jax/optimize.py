@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import time
 from typing import Any, Mapping, Sequence
 
@@ -89,11 +88,11 @@ class Result:
                 weights=weights)
     arrays.update(units=self.units, activations=self.activations,
                   meta=np.asarray(json.dumps(meta)))
-    _atomic_savez(path, arrays)
+    files.savez(path, arrays)
 
   @classmethod
   def load(cls, path: str) -> "Result":
-    with np.load(path) as f:
+    with files.load_npz(path) as f:
       meta = json.loads(str(f["meta"]))
       return cls(layer=meta["layer"], units=f["units"],
                  inputs={k[7:]: f[k] for k in f.files if k.startswith("inputs_")},
@@ -101,10 +100,6 @@ class Result:
                  history={k[8:]: f[k] for k in f.files if k.startswith("history_")},
                  a_hat_given=meta["a_hat_given"], seed=meta["seed"],
                  settings={k: tuple(v) for k, v in meta["settings"].items()})
-
-
-def _atomic_savez(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-  files.savez(path, arrays)  # atomic, with the umask's mode.
 
 
 def _schedule(opt: ml_collections.ConfigDict, steps: int):
@@ -130,7 +125,10 @@ def build_target(model: Model, layer: str,
   a_hat = cfg.a_hat
   if cfg.get("a_hat_from"):
     from stviz_jax import stats  # pylint: disable=import-outside-toplevel
-    a_hat = stats.load_a_hat(cfg.a_hat_from, layer, model.spec.num_units(layer))
+    try:
+      a_hat = stats.load_a_hat(cfg.a_hat_from, layer, model.spec.num_units(layer))
+    except ValueError as e:
+      raise ValueError(f"objective.a_hat_from: {e}") from None
   if kind in _MORE_KINDS or (kind == "neuron" and cfg.get("location")):
     return _more_targets(model, layer, cfg, a_hat)
   if kind == "channel":

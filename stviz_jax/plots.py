@@ -24,14 +24,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 
-from stviz_jax import render
+from stviz_jax import files
 
 
 def _save(fig: Figure, path: str, dpi: int = 80) -> None:
   FigureCanvasAgg(fig)
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=dpi)
-  render.atomic_write(path, buf.getvalue())
+  files.write_bytes(path, buf.getvalue())
 
 
 def unit_history(path: str, histories: Mapping[str, Mapping[str, np.ndarray]],

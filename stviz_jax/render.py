@@ -22,10 +22,9 @@ remade without re-optimising.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import imageio.v3 as iio
 import imageio_ffmpeg
@@ -174,28 +173,13 @@ def grid(tiles: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
 # --- files ---------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-  """Yields a temporary path beside `path`; renames it onto `path` on success
-  with the mode the umask gives new files (`stviz_jax.files.atomic_path`)."""
-  with files.atomic_path(path) as tmp:
-    yield tmp
-
-
-def atomic_write(path: str, data: bytes) -> None:
-  """Writes bytes to `path` under a temporary name, then renames."""
-  with atomic_path(path) as tmp:
-    with open(tmp, "wb") as f:
-      f.write(data)
-
-
 def save_png(path: str, image: np.ndarray) -> None:
-  atomic_write(path, iio.imwrite("<bytes>", image, extension=".png"))
+  files.write_bytes(path, iio.imwrite("<bytes>", image, extension=".png"))
 
 
 def save_gif(path: str, frames: np.ndarray, fps: float = DEFAULT_FPS) -> None:
   """Looping GIF of `(T, H, W, 3)` uint8 frames."""
-  atomic_write(path, iio.imwrite("<bytes>", frames, extension=".gif",
+  files.write_bytes(path, iio.imwrite("<bytes>", frames, extension=".gif",
                                   duration=1000.0 / fps, loop=0))
 
 
@@ -224,7 +208,7 @@ def save_video(path: str, frames: np.ndarray, fps: float = DEFAULT_FPS) -> None:
   t, h, w, _ = frames.shape
   frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
   codec, params = _VIDEO_CODECS[ext]
-  with atomic_path(path) as tmp:
+  with files.atomic_path(path) as tmp:
     writer = imageio_ffmpeg.write_frames(
         tmp, (frames.shape[2], frames.shape[1]), fps=fps, codec=codec,
         pix_fmt_in="rgb24", pix_fmt_out="yuv420p", macro_block_size=1,
@@ -447,7 +431,7 @@ def save_figure(stem: str, cells: Sequence[Sequence[Mapping[str, np.ndarray]]],
   arrays.update(row_labels=np.asarray(list(row_labels or []), dtype=str),
                 col_labels=np.asarray(list(col_labels or []), dtype=str),
                 encoding=np.asarray(encoding), meta=np.asarray(json.dumps(meta or {})))
-  with atomic_path(stem + ".npz") as tmp:
+  with files.atomic_path(stem + ".npz") as tmp:
     with open(tmp, "wb") as f:
       np.savez(f, **arrays)
   written = save_frames(stem, frames, formats, fps)
@@ -458,7 +442,7 @@ def save_figure(stem: str, cells: Sequence[Sequence[Mapping[str, np.ndarray]]],
 def load_figure_cells(path: str) -> tuple[list[list[dict[str, np.ndarray]]], list[str],
                                          list[str]]:
   """Reads a `save_figure` `.npz` back: (cells, row_labels, col_labels)."""
-  with np.load(path) as f:
+  with files.load_npz(path) as f:
     cells: dict[int, dict[int, dict[str, np.ndarray]]] = {}
     for key in f.files:
       if key.startswith("cell_"):

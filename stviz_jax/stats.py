@@ -49,10 +49,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from stviz_jax import models, render
+from stviz_jax import files, models, render
 from stviz_jax.data import clips as clips_lib
 from stviz_jax.models import LOGITS
-from stviz_jax.optimize import _atomic_savez
 
 STATS_FILE = "stats.npz"
 STATE_FILE = "stats_state.npz"
@@ -171,11 +170,11 @@ class UnitStats:
       arrays[f"{layer}/top_frames"] = frames
       if thumbnails and layer in thumbnails:
         arrays[f"{layer}/top_thumbnails"] = thumbnails[layer]
-    _atomic_savez(path, arrays)
+    files.savez(path, arrays)
 
   @classmethod
   def load(cls, path: str) -> "UnitStats":
-    with np.load(_check_file(path), allow_pickle=False) as f:
+    with files.load_npz(_check_file(path)) as f:
       meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
       layers: dict[str, dict[str, np.ndarray]] = {}
       for key in f.files:
@@ -314,11 +313,11 @@ def _time_stride(model: models.Model, layer: str) -> int:
 def _save_state(path: str, state, next_batch: int, fingerprint: dict) -> None:
   arrays = {f"{l}/{k}": np.asarray(v) for l, d in state.items() for k, v in d.items()}
   arrays["meta"] = np.asarray(json.dumps(dict(fingerprint, next_batch=int(next_batch))))
-  _atomic_savez(path, arrays)
+  files.savez(path, arrays)
 
 
 def _restore_state(path: str, fingerprint: dict, template):
-  with np.load(path, allow_pickle=False) as f:
+  with files.load_npz(path) as f:
     meta = json.loads(str(f["meta"]))
     saved = {k: meta.get(k) for k in fingerprint}
     if saved != fingerprint:
@@ -350,7 +349,7 @@ def load_a_hat(path: str, layer: str, num_units: int | None = None) -> np.ndarra
     ValueError: the file has no a_hat for `layer` (lists the layers it has),
       or a different number of units than the model's layer.
   """
-  with np.load(_check_file(path), allow_pickle=False) as f:
+  with files.load_npz(_check_file(path)) as f:
     key = f"{layer}/a_hat"
     if key not in f.files:
       have = sorted(k.rsplit("/", 1)[0] for k in f.files if k.endswith("/a_hat"))
@@ -470,7 +469,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> UnitStats:
                                  np.argsort(-np.nan_to_num(d["per_class_max"][u], nan=-np.inf),
                                             kind="stable")[:3]]}
         for u in range(d["a_hat"].shape[0])}
-  render.atomic_write(os.path.join(workdir, SUMMARY_FILE),
+  files.write_bytes(os.path.join(workdir, SUMMARY_FILE),
                       json.dumps(summary, indent=1).encode())
   logging.info("wrote %s", path)
   return stats

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 
 from absl import app, flags, logging
@@ -189,10 +188,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, install: bool = False) 
   zoo_model.save_npz(npz, model.variables, metadata)
   _write_json(os.path.join(workdir, "metrics.json"), metrics)
   if install:
-    os.makedirs(os.path.dirname(zoo_model.ASSET), exist_ok=True)
-    tmp = zoo_model.ASSET + ".tmp"
-    shutil.copyfile(npz, tmp)
-    os.replace(tmp, zoo_model.ASSET)
+    with open(npz, "rb") as f:
+      files.write_bytes(zoo_model.ASSET, f.read())
     logging.info("installed %s", zoo_model.ASSET)
   if config.train.claims:
     claims = measure_claims(model, classes, config)

@@ -150,6 +150,74 @@ def test_other_entry_points_bad_input_is_one_line(module, args, needles, tmp_pat
   assert os.listdir(tmp_path) == []
 
 
+_PROTOTXT_TWENTY = """name: "x"
+input: "data"
+input_dim: 1
+input_dim: 3
+input_dim: 8
+input_dim: 8
+layer {
+  name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: "twenty" kernel_size: 3 }
+}
+"""
+
+
+def _truncated(path, data):
+  with open(path, "wb") as f:
+    f.write(data[:len(data) // 2])
+
+
+def _npy_bytes(array):
+  import io  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  buf = io.BytesIO()
+  np.save(buf, np.asarray(array))
+  return buf.getvalue()
+
+
+def _npz_bytes(**arrays):
+  import io  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  return buf.getvalue()
+
+
+# (module, args, {file name in the input folder: how to make it}, needles); the
+# inputs lie in their own folder, which must be left as it was.
+DAMAGED_FILE_CASES = [
+    ("converters.caffe", ["{tmp}/out", "--net", "{in}/a.prototxt", "{in}/a.caffemodel"],
+     {"a.prototxt": lambda p: open(p, "w").write(_PROTOTXT_TWENTY),
+      "a.caffemodel": lambda p: open(p, "wb").write(b"\x00" * 64)},
+     ["a.prototxt:9:", "'num_output' should be an integer, got 'twenty'"]),
+    ("converters.pytorch", ["{in}/random.pth", "{tmp}/out"],
+     {"random.pth": lambda p: open(p, "wb").write(bytes(range(7, 250)) * 8)},
+     ["random.pth", "neither a PyTorch state dict", "nor a .safetensors file"]),
+    ("stviz_jax.classify", ["--model=tiny_two_stream", "--video={in}/clip.npy"],
+     {"clip.npy": lambda p: _truncated(p, _npy_bytes([[[[0.0] * 3] * 8] * 8] * 4))},
+     ["clip.npy: not a readable numpy file", "truncated"]),
+    ("stviz_jax.main", TINY + ["--config.objective.a_hat_from={in}/stats.npz",
+                               "--workdir={tmp}/run"],
+     {"stats.npz": lambda p: _truncated(p, _npz_bytes(**{"fusion/mean": [0.0] * 4}))},
+     ["objective.a_hat_from", "stats.npz: not a readable numpy file"]),
+]
+
+
+@pytest.mark.parametrize("module,args,inputs,needles", DAMAGED_FILE_CASES,
+                         ids=[f"{m} {' '.join(i)}" for m, _, i, _ in DAMAGED_FILE_CASES])
+def test_damaged_input_files_are_named_in_one_line(module, args, inputs, needles, tmp_path):
+  in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+  in_dir.mkdir(), out_dir.mkdir()
+  for name, make in inputs.items():
+    make(str(in_dir / name))
+  before = _tree(str(in_dir))
+  res = _run(module, *[a.replace("{tmp}", str(out_dir)).replace("{in}", str(in_dir))
+                       for a in args])
+  _assert_one_error(res, 2, *needles)
+  assert _tree(str(in_dir)) == before and os.listdir(out_dir) == []
+
+
 def test_verbose_shows_the_traceback(tmp_path):
   res = _run("stviz_jax.models", "--describe", "nope", "--verbose")
   assert res.returncode == 2 and "Traceback" in res.stderr

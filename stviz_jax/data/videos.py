@@ -291,12 +291,12 @@ class VideoFolder:
     cache = self._cache_path(path)
     if os.path.exists(cache):
       try:
-        with np.load(cache) as f:
+        with files.load_npz(cache) as f:
           return {k: f[k] for k in f.files}
       except (OSError, ValueError) as e:  # a damaged entry is recomputed, not fatal.
         logging.warning("%s: unreadable cache entry (%s); recomputing", cache, e)
     data = self._compute(path)
-    _atomic_savez(cache, data)
+    files.savez(cache, data)
     return data
 
   def _compute(self, path: str) -> dict[str, np.ndarray]:
@@ -332,7 +332,3 @@ def _read_split(path: str) -> set[str]:
     raise FileNotFoundError(f"split file {path!r} does not exist")
   with open(path) as f:
     return {line.split()[0].strip().replace("\\", "/") for line in f if line.strip()}
-
-
-def _atomic_savez(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-  files.savez(path, arrays)  # atomic (nothing half-written after a kill), umask's mode.

@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 
 import flax.linen as nn
 from flax import traverse_util
@@ -28,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stviz_jax import files
 from stviz_jax.models import base, checkpoint, layers, registry
 
 ARCHITECTURE = "synthetic_two_stream"
@@ -78,20 +78,9 @@ def save_npz(path: str, variables, metadata: dict) -> None:
   flat = traverse_util.flatten_dict(jax.device_get(variables), sep="/")
   arrays = {k: np.asarray(v) for k, v in flat.items()}
   arrays["__metadata__"] = np.asarray(json.dumps(metadata))
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, suffix=".npz.tmp")
-  try:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    with os.fdopen(fd, "wb") as f:
-      f.write(buf.getvalue())
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; this is a shippable asset.
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  buf = io.BytesIO()
+  np.savez_compressed(buf, **arrays)
+  files.write_bytes(path, buf.getvalue())
 
 
 def load_weights(path: str):
@@ -104,7 +93,7 @@ def load_weights(path: str):
           f"{path}: no such weights file; train them with `python -m "
           "stviz_jax.train_synthetic --config=configs/synthetic_two_stream.py "
           "--workdir=DIR --install`")
-    with np.load(path) as f:
+    with files.load_npz(path) as f:
       if "__metadata__" not in f.files:
         raise ValueError(f"{path}: not a {ARCHITECTURE} weights file (no __metadata__)")
       metadata = json.loads(str(f["__metadata__"]))
