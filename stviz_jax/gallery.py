@@ -1342,6 +1342,10 @@ def build(workdir: str, stats: str | None = None, encodings: Sequence[str] = ("r
   formats = tuple(dict.fromkeys(("png",) + tuple(formats)))
   workdir = os.path.abspath(workdir)
   layers = discover(workdir)
+  # Media a killed build (or job) left half-written; build is the only writer now.
+  stale = files.remove_stale_temps(workdir)
+  if stale:
+    logging.info("%s: removed %d temporary file(s) of an interrupted run", workdir, len(stale))
   names = class_names(workdir)
   if compare is None:
     pairs = [(int(c["a"]), int(c["b"])) for c in (_read_json(

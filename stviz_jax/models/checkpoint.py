@@ -15,10 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import Any
 
+from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -112,6 +114,28 @@ def _exchange(a: str, b: str) -> bool:
   return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
+_TMP_SUFFIX = ".tmp"  # `save` writes into `<path>.tmpXXXXXXXX` (mkdtemp), then swaps.
+
+
+def remove_stale_temps(path: str) -> list[str]:
+  """Removes the temporary directories a killed `save` to `path` left beside it
+  (`<path>.tmpXXXXXXXX`, and its `.old` when the exchange was not atomic);
+  returns their paths. Only directories so named that hold nothing but what
+  `save` writes are touched."""
+  pattern = re.compile(re.escape(os.path.basename(path) + _TMP_SUFFIX) +
+                       r"[a-z0-9_]{8}(\.old)?$")
+  parent, removed = os.path.dirname(path), []
+  for name in sorted(os.listdir(parent)) if os.path.isdir(parent) else ():
+    p = os.path.join(parent, name)
+    if (pattern.match(name) and os.path.isdir(p) and not os.path.islink(p)
+        and set(os.listdir(p)) <= {"variables", "metadata.json"}):
+      shutil.rmtree(p)
+      removed.append(p)
+  if removed:
+    logging.info("%s: removed %d temporary folder(s) of an interrupted save", path, len(removed))
+  return removed
+
+
 def save(path: str, variables: Any, metadata: dict, *, overwrite: bool = False,
          inputs=()) -> None:
   """Saves `variables` and `metadata` at `path` atomically.
@@ -127,7 +151,8 @@ def save(path: str, variables: Any, metadata: dict, *, overwrite: bool = False,
   check_output(path, overwrite=overwrite, inputs=inputs)
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(path) + ".tmp")
+  remove_stale_temps(path)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(path) + _TMP_SUFFIX)
   try:
     variables = jax.tree.map(np.asarray, variables)
     ckpt = ocp.StandardCheckpointer()
