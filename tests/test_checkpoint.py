@@ -95,6 +95,20 @@ def test_kill_while_writing_keeps_the_old_weights(tmp_path, monkeypatch):
   assert sorted(os.listdir(tmp_path)) == ["w"]
 
 
+def test_a_killed_saves_leftovers_are_removed_by_the_next_save(tmp_path):
+  """A SIGKILL mid-save leaves `w.tmpXXXXXXXX` (and, without an atomic exchange,
+  its `.old`); the next save to `w` removes them, but no folder of the user's."""
+  out = str(tmp_path / "w")
+  checkpoint.save(out, _vars(1.0), {"architecture": "a"})
+  for name in ("w.tmpab12cd_9", "w.tmpzz99yy00.old"):
+    shutil.copytree(out, tmp_path / name)
+  (tmp_path / "w.tmpkeep0000").mkdir()
+  (tmp_path / "w.tmpkeep0000" / "notes.txt").write_text("mine")
+  checkpoint.save(out, _vars(2.0), {"architecture": "a"})
+  assert sorted(os.listdir(tmp_path)) == ["w", "w.tmpkeep0000"]
+  np.testing.assert_array_equal(checkpoint.restore(out)[0]["dense"]["kernel"], 2.0)
+
+
 def _caffe(*args):
   return subprocess.run([sys.executable, "-m", "converters.caffe", *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
