@@ -49,7 +49,7 @@ from stviz_jax.models import base, checkpoint, layers as layers_lib
 # The binary caffemodel.
 
 
-class CaffeError(ValueError):
+class CaffeError(common.ConversionError):
   """A prototxt or caffemodel that cannot be used (names the file and where)."""
 
 

@@ -9,10 +9,9 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from stviz_jax.models import checkpoint
-
-
-class ConversionError(ValueError):
-  """Source weights do not match the target: names the missing/unexpected/mismatched tensors."""
+# The base of every converter error; `check_complete` raises it itself for
+# source weights that do not match the target (missing/unexpected/mismatched).
+from stviz_jax.models.checkpoint import ConversionError
 
 
 def _short(names: Iterable[str], limit: int = 12) -> str:

@@ -45,7 +45,7 @@ from stviz_jax import cli
 from stviz_jax.models import base, checkpoint, layers as layers_lib
 
 
-class MatConvNetError(ValueError):
+class MatConvNetError(common.ConversionError):
   """A `.mat` file that cannot be used (names the file and the layer/field)."""
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from typing import Any, Iterator
 
+from stviz_jax.models.checkpoint import ConversionError
+
 _TOKEN = re.compile(r"""
     (?P<ws>\s+|\#[^\n]*)
   | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
@@ -27,7 +29,7 @@ _TOKEN = re.compile(r"""
 _CLOSE = {"{": "}", "<": ">"}
 
 
-class PrototxtError(ValueError):
+class PrototxtError(ConversionError):
   """Malformed text (names file, line and column)."""
 
 

@@ -47,7 +47,7 @@ from stviz_jax import cli
 from stviz_jax.models import checkpoint
 
 
-class PyTorchError(ValueError):
+class PyTorchError(common.ConversionError):
   """A weights file that cannot be read (names the file and where it broke)."""
 
 
@@ -88,7 +88,7 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
     try:
       dtype, shape = info["dtype"], tuple(int(d) for d in info["shape"])
       begin, end = (int(v) for v in info["data_offsets"])
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError):
       raise PyTorchError(f"{path}: tensor {name!r}: malformed header entry {info!r}") from None
     if base + end > len(data) or begin > end:
       raise PyTorchError(f"{path}: tensor {name!r} needs bytes {base + begin}..{base + end} "

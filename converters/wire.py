@@ -19,10 +19,12 @@ import struct
 
 import numpy as np
 
+from stviz_jax.models.checkpoint import ConversionError
+
 VARINT, I64, LEN, SGROUP, EGROUP, I32 = 0, 1, 2, 3, 4, 5
 
 
-class WireError(ValueError):
+class WireError(ConversionError):
   """A corrupt or truncated protobuf message."""
 
 

@@ -265,6 +265,25 @@ class Visualizer:
   def default_tv(self) -> dict[str, tuple[float, float]]:
     return {s: (w.kappa, w.gamma) for s, w in self.weights.items()}
 
+  def lower_element(self):
+    """The lowered computation one (unit, setting) element runs: the whole
+    optimisation of a chunk of one under `loop='scan'`, the step under 'host'.
+
+    For planning (XLA's memory analysis of `.compile()`): it does not count as
+    a compilation of a run (`trace_count` is left as it was).
+    """
+    units = np.zeros((1,), np.int32)
+    keys = jax.random.split(jax.random.PRNGKey(0), 1)
+    tv = {s: (np.ones((1,), np.float32), np.ones((1,), np.float32)) for s in self.streams}
+    traces = self.trace_count
+    try:
+      if self.loop == "host":  # what runs is the step; its state is per element.
+        state = jax.eval_shape(self._start_j, keys)
+        return self._step_j.lower(self.model.variables, units, tv, state, np.int32(0))
+      return self._run.lower(self.model.variables, units, keys, tv)
+    finally:
+      self.trace_count = traces
+
   # --- the traced computation -------------------------------------------------
 
   def _init(self, key) -> dict[str, Any]:

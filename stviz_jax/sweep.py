@@ -43,19 +43,7 @@ def host_units(units: Sequence[int]) -> list[int]:
 def element_memory_bytes(vis: Visualizer) -> int | None:
   """Device memory one (unit, setting) element needs, from XLA's memory analysis."""
   try:
-    streams = vis.streams
-    units = np.zeros((1,), np.int32)
-    keys = jax.random.split(jax.random.PRNGKey(0), 1)
-    tv = {s: (np.ones((1,), np.float32), np.ones((1,), np.float32)) for s in streams}
-    traces = vis.trace_count
-    if vis.loop == "host":  # what runs is the step; its state is per element.
-      state = jax.eval_shape(vis._start_j, keys)
-      lowered = vis._step_j.lower(vis.model.variables, units, tv, state, np.int32(0))
-    else:
-      lowered = vis._run.lower(vis.model.variables, units, keys, tv)
-    compiled = lowered.compile()
-    vis.trace_count = traces  # a planning trace, not a sweep compilation.
-    mem = compiled.memory_analysis()
+    mem = vis.lower_element().compile().memory_analysis()
     if mem is None:
       return None
     # Temporaries and outputs (the per-element state) grow with the chunk; the

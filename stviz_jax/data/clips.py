@@ -108,7 +108,7 @@ class SyntheticClips:
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _render(classes, spec, seed, indices, labels):
-  colours, directions, speeds = synthetic._class_table(classes)  # pylint: disable=protected-access
+  colours, directions, speeds = synthetic.class_table(classes)
   key = jax.random.PRNGKey(seed)
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
   clips = jax.vmap(synthetic.render_clip, in_axes=(0, 0, 0, 0, None))(

@@ -156,7 +156,7 @@ class ClipSpec:
       raise ValueError(f"ClipSpec.radius must be 0 < min <= max, got {self.radius}")
 
 
-def _class_table(classes: Sequence[MotionClass]):
+def class_table(classes: Sequence[MotionClass]):
   return (jnp.asarray([c.rgb for c in classes], jnp.float32),
           jnp.asarray([c.direction for c in classes], jnp.float32),
           jnp.asarray([c.speed for c in classes], jnp.float32))
@@ -279,7 +279,7 @@ def sample_batch(key: jax.Array, classes: Sequence[MotionClass], batch: int,
     `(inputs, labels)`: inputs as `model_inputs` with a leading batch axis,
     labels `(batch,)` int32 indices into `classes`.
   """
-  colours, directions, speeds = _class_table(classes)
+  colours, directions, speeds = class_table(classes)
   spec = with_palette(spec, classes)
   k_label, k_clip = jax.random.split(key)
   labels = jax.random.randint(k_label, (batch,), 0, len(classes))

@@ -189,6 +189,19 @@ def restore(path: str) -> tuple[Any, dict]:
   return variables, metadata
 
 
+class ConversionError(ValueError):
+  """Weights that cannot be read or do not fit their target: the one base of
+  every converter's errors (`converters.*`, the zoo's own weight readers), so a
+  caller catches one class. A ValueError, hence exit code 2 in `stviz_jax.cli`."""
+
+
+def check_width(width: float, weights: str | None) -> None:
+  """Converted `weights` fit only the full-width network (`width=1.0`)."""
+  if weights and width != 1.0:
+    raise ValueError(f"width={width} builds a narrowed network; converted "
+                     "weights need width=1.0")
+
+
 def restore_for(path: str, architecture: str) -> Any:
   """Restores variables and checks they were converted for `architecture`."""
   variables, metadata = restore(path)

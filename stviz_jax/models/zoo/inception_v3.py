@@ -35,10 +35,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from stviz_jax.models import base, registry
+from stviz_jax.models import base, checkpoint, registry
 from stviz_jax.models.netgraph import (Concat, Conv, Dense, Graph, Pool,
                                        build, scaled)
-from stviz_jax.models.zoo.bn_inception import _check_width, late_fusion
+from stviz_jax.models.zoo.bn_inception import late_fusion
 
 
 def inception_v3_layers(prefix: str, bottom: str, width: float,
@@ -180,7 +180,7 @@ def tsn_inception_v3(size: int = 299, flow_stack: int = 5, num_classes: int = 40
     folded: fold the BN layers into the convolutions (default).
   """
   _check_size(size)
-  _check_width(width, weights)
+  checkpoint.check_width(width, weights)
   graph = tsn_inception_v3_graph(size, flow_stack, num_classes, streams,
                                  logit_weights, width)
   return build(graph, folded=folded, seed=seed, weights=weights)

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from stviz_jax.models import base, registry
+from stviz_jax.models import base, checkpoint, registry
 from stviz_jax.models.netgraph import (Concat, Conv, Dense, Graph, Pool,
                                        StreamInput, build, labels_for, scaled)
 
@@ -101,7 +101,7 @@ def vgg16_fusion(frames: int = 5, size: int = 224, flow_stack: int = 10,
     weights: a converted weights directory (architecture 'vgg16_fusion').
     folded: accepted for a uniform interface; VGG-16 has no batch norm.
   """
-  _check_width(width, weights)
+  checkpoint.check_width(width, weights)
   graph = vgg16_fusion_graph(frames, size, flow_stack, flow_stride, num_classes,
                              width)
   return build(graph, folded=folded, seed=seed, weights=weights,
@@ -155,7 +155,7 @@ def vgg16_two_stream(size: int = 224, flow_stack: int = 10, num_classes: int = 1
       (default equal weights).
     width, seed, weights, folded: as for `vgg16_fusion`.
   """
-  _check_width(width, weights)
+  checkpoint.check_width(width, weights)
   graph = vgg16_two_stream_graph(size, flow_stack, num_classes, streams,
                                  logit_weights, width)
   return build(graph, folded=folded, seed=seed, weights=weights,
@@ -191,7 +191,3 @@ def vgg16_two_stream_graph(size: int = 224, flow_stack: int = 10,
                logit_weights=tuple(logit_weights or (1.0,) * len(streams)))
 
 
-def _check_width(width: float, weights: str | None) -> None:
-  if weights and width != 1.0:
-    raise ValueError(f"width={width} builds a narrowed network; converted "
-                     "weights need width=1.0")
