@@ -10,7 +10,7 @@ setuptools.setup(
                  "(Feichtenhofer et al., IJCV 2020)."),
     packages=setuptools.find_packages(include=["stviz_jax", "stviz_jax.*",
                                                "converters", "converters.*"]),
-    package_data={"stviz_jax": ["assets/*"]},
+    package_data={"stviz_jax": ["assets/*", "assets/gallery/*"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.4.30",

@@ -49,7 +49,7 @@ import ml_collections
 import numpy as np
 
 from stviz_jax import config as config_lib
-from stviz_jax import files, gallery, models, quality, render, sweep
+from stviz_jax import files, gallery, layout, models, quality, render, sweep
 from stviz_jax.optimize import Result, Visualizer, build_target, run_diverse
 
 
@@ -128,14 +128,6 @@ def parse_units(spec, model: models.Model, layer: str) -> list[int]:
                      + f" out of range for layer {layer!r}; "
                      f"{syntax()}")
   return units
-
-
-def setting_name(tv: dict) -> str:
-  """'kappa1_gamma10' from the flow stream's (else the first clip stream's) setting."""
-  kg = tv.get("flow") or next(iter(tv.values()), None)
-  if kg is None:
-    return "default"
-  return f"kappa{kg[0]:g}_gamma{kg[1]:g}"
 
 
 def settings_from_config(config: ml_collections.ConfigDict, streams) -> list[dict]:
@@ -246,14 +238,10 @@ def targets_from_config(config: ml_collections.ConfigDict,
                          f"target), got {steps!r}")
       steps = int(steps)
     targets.append(Target(str(name), layer, tuple(units), objective, steps))
-  dirs = [_layer_dir(t.name) for t in targets]
+  dirs = [layout.target_dir(t.name) for t in targets]
   if len(set(dirs)) != len(dirs):
     raise ValueError(f"config.targets: names {dirs} collide as directory names")
   return targets
-
-
-def _layer_dir(layer: str) -> str:
-  return layer.replace("/", "_")
 
 
 def _class_or_index(spec, model: models.Model, layer: str = models.LOGITS) -> int:
@@ -355,11 +343,10 @@ def comparisons_from_config(config: ml_collections.ConfigDict, model: models.Mod
 def save_unit_media(out_dir: str, result: Result, config, i: int) -> dict[str, str]:
   """Writes unit i's .npz, PNG (first frame) and GIF (clips) per stream."""
   unit = int(result.units[i])
-  stem = os.path.join(out_dir, f"unit_{unit:04d}")
-  arrays = {f"inputs_{k}": v[i] for k, v in result.inputs.items()}
-  arrays.update(activation=np.float32(result.activations[i]), unit=np.int32(unit),
-                seed=np.int32(result.seed), config=np.asarray(config.to_json()))
-  files.savez(stem + ".npz", arrays)
+  stem = os.path.join(out_dir, layout.unit_file(unit))
+  files.savez(stem + ".npz", layout.unit_arrays({k: v[i] for k, v in result.inputs.items()},
+                                                result.activations[i], unit, result.seed,
+                                                config.to_json()))
   media = {}
   for stream, x in result.inputs.items():
     # PNG (middle frame); clips also as looping GIF, MP4 (H.264), WebM (VP9).
@@ -394,9 +381,8 @@ def unit_label(unit: int, labels: Sequence[str] | None, layer: str) -> str:
 
 
 def setting_label(result: Result) -> str:
-  """'gamma = 10' for the temporal setting of a result ('default' when none)."""
-  kg = result.settings.get("flow") or next(iter(result.settings.values()), None)
-  return "default" if kg is None else f"kappa={kg[0]:g} gamma={kg[1]:g}"
+  """'kappa=1 gamma=10' for the temporal setting of a result ('default' when none)."""
+  return layout.setting_label(layout.setting_name(result.settings), plain=True)
 
 
 def sample_spread(result: Result) -> dict[str, float]:
@@ -441,7 +427,7 @@ def degenerate_units(result: Result) -> dict[str, str]:
 
 
 def samples_path(out_dir: str, unit: int) -> str:
-  return os.path.join(out_dir, f"unit_{int(unit):04d}_samples.npz")
+  return os.path.join(out_dir, layout.samples_file(unit))
 
 
 def _finished_samples(path: str, config: ml_collections.ConfigDict, seed: int,
@@ -488,7 +474,7 @@ def run_diverse_units(vis: Visualizer, units: Sequence[int], tv: dict,
       for k in range(1, samples):
         for stream, x in r.inputs.items():
           render.save_stream_media(
-              os.path.join(out_dir, f"unit_{int(unit):04d}_sample{k}_{stream}"), stream, x[k])
+              os.path.join(out_dir, layout.sample_stem(unit, k, stream)), stream, x[k])
     per_unit[int(unit)] = r
     logging.info("%s: %d/%d units x %d diverse samples, %.1fs", vis.layer, n, len(units),
                  samples, time.time() - t0)
@@ -579,7 +565,7 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
     raise ValueError(f"{where}: {probe} is not writable; give a --workdir you can write to")
   if probe != os.path.abspath(workdir) or not os.listdir(workdir):
     return []
-  stamp = os.path.join(workdir, "config.json")
+  stamp = os.path.join(workdir, layout.CONFIG_FILE)
   if not os.path.isfile(stamp):
     names = sorted(os.listdir(workdir))
     shown = ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
@@ -594,7 +580,7 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
   if not diff:
     return []
   shown = ", ".join(diff[:6]) + (f" (+{len(diff) - 6} more)" if len(diff) > 6 else "")
-  if os.path.exists(os.path.join(workdir, "summary.json")):
+  if os.path.exists(os.path.join(workdir, layout.SUMMARY_FILE)):
     raise ValueError(f"{where}: holds another run (its config.json differs in {shown}); "
                      "give a new --workdir, or the same config to resume that run")
   # No summary.json: that run never finished. What it wrote may be replaced by
@@ -611,11 +597,11 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
 
 def _unfinished_run_files(old: dict) -> set[str]:
   """Names directly under a workdir that a run of config `old` writes itself."""
-  names = {"config.json", "index.html", "gallery"}
+  names = {layout.CONFIG_FILE, "index.html", layout.GALLERY_DIR}
   targets = old.get("targets") or {}
   for name in (targets if isinstance(targets, dict) and targets else [old.get("layer")]):
     if isinstance(name, str) and name:
-      names.add(_layer_dir(name))
+      names.add(layout.target_dir(name))
   return names
 
 
@@ -639,7 +625,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         num_processes=sw.num_processes or None,
         process_id=sw.process_id if sw.process_id >= 0 else None)
   if jax.process_count() > 1:
-    workdir = os.path.join(workdir, f"host_{jax.process_index()}")
+    workdir = os.path.join(workdir, layout.host_dir(jax.process_index()))
   unfinished = check_workdir(workdir, config)
   kwargs = dict(config.model_overrides)
   if config.weights:
@@ -661,7 +647,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   stale = files.remove_stale_temps(workdir)
   if stale:
     logging.info("%s: removed %d temporary file(s) of an interrupted run", workdir, len(stale))
-  files.write_text(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+  files.write_text(os.path.join(workdir, layout.CONFIG_FILE), config.to_json(indent=2))
   summary = {"model": model.name, "seed": config.seed, "layers": {}, "targets": {}}
   if comparisons:
     summary["comparisons"] = comparisons
@@ -685,14 +671,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if target.steps is not None:
       target_config.steps = target.steps
     vis = Visualizer(model, layer, target_config)
-    target_dir = os.path.join(workdir, _layer_dir(target.name))
-    state_dir = os.path.join(target_dir, "sweep_state") if config.sweep.resume else None
+    target_dir = os.path.join(workdir, layout.target_dir(target.name))
+    state_dir = os.path.join(target_dir, layout.SWEEP_STATE_DIR) if config.sweep.resume else None
     if samples:
       sweep_results, diverse = [], []
       for tv in settings:
         result, per_unit = run_diverse_units(
             vis, sweep.host_units(units), tv, target_config, samples,
-            os.path.join(target_dir, setting_name(tv)))
+            os.path.join(target_dir, layout.setting_name(tv)))
         sweep_results.append(result)
         diverse.append(per_unit)
     else:
@@ -702,10 +688,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     class_names = ({str(u): model.labels[u] for u in units}
                    if layer == models.LOGITS and model.labels else None)
     for j, (tv, result) in enumerate(zip(settings, sweep_results)):
-      name = setting_name(tv)
+      name = layout.setting_name(tv)
       out_dir = os.path.join(target_dir, name)
       t_media = time.time()
-      result.save(os.path.join(out_dir, "result.npz"), target_config)
+      result.save(os.path.join(out_dir, layout.RESULT_FILE), target_config)
       for i in range(len(result.units)):
         save_unit_media(out_dir, result, target_config, i)
       t_media = time.time() - t_media
@@ -748,7 +734,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "activations": {str(u): [float(a) for a in r.activations]
                             for u, r in per_unit.items()},
             "spread": {str(u): sample_spread(r) for u, r in per_unit.items()}}
-        render.save_png(os.path.join(out_dir, "samples_grid.png"), samples_grid(
+        render.save_png(os.path.join(out_dir, layout.SAMPLES_GRID_FILE), samples_grid(
             per_unit, [unit_label(u, model.labels, layer) for u in per_unit]))
       summary["layers"].setdefault(target.name, {})[name] = entry
       results.append(result)
@@ -757,7 +743,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         **({"other": int(target.objective.other)}
            if target.kind in ("class_contrast", "channel_interaction") else {}),
         **({"class_names": class_names} if class_names is not None else {})}
-    render.save_png(os.path.join(target_dir, "grid.png"), layer_grid(
+    render.save_png(os.path.join(target_dir, layout.GRID_FILE), layer_grid(
         results, [unit_label(u, model.labels, layer) for u in results[0].units],
         [setting_label(r) for r in results]))
     compilations += vis.trace_count
@@ -768,7 +754,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     summary["quality"]["passing"] = sum(b["passing"] for b in blocks)
     summary["quality"]["units"] = sum(b["units"] for b in blocks)
   # Atomic: a summary.json marks a finished run, so it must never be half-written.
-  with files.atomic_path(os.path.join(workdir, "summary.json")) as tmp:
+  with files.atomic_path(os.path.join(workdir, layout.SUMMARY_FILE)) as tmp:
     with open(tmp, "w") as f:
       json.dump(summary, f, indent=2)
   gallery.build(workdir)
