@@ -22,10 +22,14 @@ labels and order, so one representation travels from the job to the page.
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Mapping, Sequence
+import zipfile
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from stviz_jax import files
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -72,6 +76,63 @@ def unit_arrays(inputs: Mapping[str, np.ndarray], activation: float, unit: int, 
   arrays.update(activation=np.float32(activation), unit=np.int32(unit), seed=np.int32(seed),
                 config=np.asarray(config_json))
   return arrays
+
+
+def result_arrays(*, layer: str, units, inputs: Mapping[str, np.ndarray], activations,
+                  history: Mapping[str, np.ndarray], a_hat_given: bool, seed: int,
+                  settings: Mapping[str, Sequence[float]], config: dict | None = None,
+                  weights: str = "") -> dict[str, np.ndarray]:
+  """What `RESULT_FILE` (and a unit's `samples_file`) holds: `inputs_<stream>`
+  (U, T, H, W, C), `history_<name>` (U, steps), `units`, `activations` and
+  `meta` (JSON: layer, a_hat_given, seed, settings, the run's config and a
+  digest of the weights)."""
+  arrays = {f"inputs_{k}": np.asarray(v) for k, v in inputs.items()}
+  arrays.update({f"history_{k}": np.asarray(v) for k, v in history.items()})
+  meta = dict(layer=layer, a_hat_given=bool(a_hat_given), seed=int(seed),
+              settings={k: [float(x) for x in v] for k, v in settings.items()},
+              config=config, weights=weights)
+  arrays.update(units=np.asarray(units), activations=np.asarray(activations),
+                meta=np.asarray(json.dumps(meta)))
+  return arrays
+
+
+def read_result(path: str, inputs: bool = True) -> dict[str, Any]:
+  """The fields of `result_arrays` from `path`; without `inputs` (they can be
+  large) `input_shapes` gives each stream's per-unit shape instead.
+
+  Raises:
+    ValueError: naming `path` when it is not a readable result.
+  """
+  try:
+    shapes = npz_shapes(path)
+    with files.load_npz(path) as f:
+      meta = json.loads(str(f["meta"]))
+      out = dict(
+          layer=meta["layer"], units=np.asarray(f["units"]), activations=f["activations"],
+          history={k[len("history_"):]: f[k] for k in f.files if k.startswith("history_")},
+          a_hat_given=bool(meta.get("a_hat_given", False)), seed=int(meta["seed"]),
+          settings={k: tuple(v) for k, v in meta.get("settings", {}).items()},
+          config=meta.get("config"), weights=meta.get("weights", ""),
+          input_shapes={k[len("inputs_"):]: tuple(s[1:]) for k, s in shapes.items()
+                        if k.startswith("inputs_")})
+      if inputs:
+        out["inputs"] = {k[len("inputs_"):]: f[k] for k in f.files if k.startswith("inputs_")}
+  except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+    raise ValueError(f"{path}: not a readable stviz_jax result ({e})") from e
+  return out
+
+
+def npz_shapes(path: str) -> dict[str, tuple[int, ...]]:
+  """Array shapes inside an `.npz` without reading the arrays."""
+  shapes = {}
+  with zipfile.ZipFile(path) as z:
+    for name in z.namelist():
+      with z.open(name) as f:
+        version = np.lib.format.read_magic(f)
+        reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                  else np.lib.format.read_array_header_2_0)
+        shapes[name[:-4] if name.endswith(".npy") else name] = reader(f)[0]
+  return shapes
 
 
 def samples_file(unit: int) -> str:

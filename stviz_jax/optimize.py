@@ -40,7 +40,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from stviz_jax import files
+from stviz_jax import files, layout
 from stviz_jax import objective as objective_lib
 from stviz_jax import param as param_lib
 from stviz_jax import progress as progress_lib
@@ -80,26 +80,19 @@ class Result:
     `config` and `weights` (a digest of the model's variables) are recorded so a
     resumed run can tell whether the file belongs to the same run and weights.
     """
-    arrays = {f"inputs_{k}": v for k, v in self.inputs.items()}
-    arrays.update({f"history_{k}": v for k, v in self.history.items()})
-    meta = dict(layer=self.layer, a_hat_given=self.a_hat_given, seed=self.seed,
-                settings=self.settings,
-                config=json.loads(config.to_json()) if config is not None else None,
-                weights=weights)
-    arrays.update(units=self.units, activations=self.activations,
-                  meta=np.asarray(json.dumps(meta)))
-    files.savez(path, arrays)
+    files.savez(path, layout.result_arrays(
+        layer=self.layer, units=self.units, inputs=self.inputs, activations=self.activations,
+        history=self.history, a_hat_given=self.a_hat_given, seed=self.seed,
+        settings=self.settings,
+        config=json.loads(config.to_json()) if config is not None else None, weights=weights))
 
   @classmethod
   def load(cls, path: str) -> "Result":
-    with files.load_npz(path) as f:
-      meta = json.loads(str(f["meta"]))
-      return cls(layer=meta["layer"], units=f["units"],
-                 inputs={k[7:]: f[k] for k in f.files if k.startswith("inputs_")},
-                 activations=f["activations"],
-                 history={k[8:]: f[k] for k in f.files if k.startswith("history_")},
-                 a_hat_given=meta["a_hat_given"], seed=meta["seed"],
-                 settings={k: tuple(v) for k, v in meta["settings"].items()})
+    """The Result `save` wrote (schema: `layout.result_arrays`)."""
+    r = layout.read_result(path)
+    return cls(layer=r["layer"], units=r["units"], inputs=r["inputs"],
+               activations=r["activations"], history=r["history"],
+               a_hat_given=r["a_hat_given"], seed=r["seed"], settings=r["settings"])
 
 
 def _schedule(opt: ml_collections.ConfigDict, steps: int):

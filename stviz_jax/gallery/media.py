@@ -13,7 +13,7 @@ import numpy as np
 
 from stviz_jax import files, layout, plots, render
 from stviz_jax.gallery.dataset_stats import LayerStats
-from stviz_jax.gallery.runs import LayerRuns, Part, SettingRun, npz_shapes
+from stviz_jax.gallery.runs import LayerRuns, Part, SettingRun
 
 DEFAULT_FORMATS = ("png", "gif", "mp4", "webm")
 DISPLAY_SIZE = 128      # rendered media height, pixels (nearest-neighbour upscaling).
@@ -104,7 +104,7 @@ def _sample_tasks(layer: LayerRuns, run: SettingRun, out_dir: str, unit: int,
   if not os.path.exists(path):
     return []
   mtime = os.path.getmtime(path)
-  k = npz_shapes(path)["units"][0]
+  k = layout.npz_shapes(path)["units"][0]
   arrays: dict[str, np.ndarray] = {}
   tasks = []
   for j in range(1, k):

@@ -8,7 +8,6 @@ import dataclasses
 import json
 import os
 import re
-import zipfile
 from typing import Any, Sequence
 
 from absl import logging
@@ -159,36 +158,15 @@ class LayerRuns:
     return render.display_order(self.runs[0].shapes)
 
 
-def npz_shapes(path: str) -> dict[str, tuple[int, ...]]:
-  """Array shapes inside an `.npz` without reading the arrays."""
-  shapes = {}
-  with zipfile.ZipFile(path) as z:
-    for name in z.namelist():
-      with z.open(name) as f:
-        version = np.lib.format.read_magic(f)
-        reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                  else np.lib.format.read_array_header_2_0)
-        shapes[name[:-4] if name.endswith(".npy") else name] = reader(f)[0]
-  return shapes
-
-
 def read_run(path: str) -> SettingRun:
   """Reads everything but the inputs from a `stviz_jax.Result` `.npz`."""
-  try:
-    shapes = npz_shapes(path)
-    with files.load_npz(path) as f:
-      meta = json.loads(str(f["meta"]))
-      history = {k[8:]: f[k] for k in f.files if k.startswith("history_")}
-      units, acts = np.asarray(f["units"]).astype(int), f["activations"]
-  except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-    raise ValueError(f"{path}: not a readable stviz_jax result ({e})") from e
+  r = layout.read_result(path, inputs=False)
+  units = r["units"].astype(int)
   return SettingRun(
-      name=os.path.basename(os.path.dirname(path)), layer=meta["layer"], units=units,
-      activations=np.asarray(acts, np.float64), history=history, seed=int(meta["seed"]),
-      settings={k: tuple(v) for k, v in meta.get("settings", {}).items()},
-      a_hat_given=bool(meta.get("a_hat_given", False)), config=meta.get("config"),
-      shapes={k[7:]: tuple(s[1:]) for k, s in shapes.items() if k.startswith("inputs_")},
-      parts=[Part(path, units)])
+      name=os.path.basename(os.path.dirname(path)), layer=r["layer"], units=units,
+      activations=np.asarray(r["activations"], np.float64), history=r["history"],
+      seed=r["seed"], settings=r["settings"], a_hat_given=r["a_hat_given"],
+      config=r["config"], shapes=r["input_shapes"], parts=[Part(path, units)])
 
 
 def _merge(runs: Sequence[SettingRun]) -> SettingRun:
