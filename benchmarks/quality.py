@@ -31,7 +31,7 @@ import time
 import jax
 
 import stviz_jax as sv
-from stviz_jax import job, quality, render
+from stviz_jax import job, plan, quality, render
 from stviz_jax.config import default_config
 
 # Config overrides per recipe (dotted field -> value). "paper" is the paper's
@@ -131,13 +131,13 @@ def measure(model, config, targets, gammas, transforms, save: str = "") -> dict:
   """
   out = {"seconds": 0.0, "targets": {}}
   for name, (layer, units_spec, kind) in targets.items():
-    units = job.parse_units(units_spec, model, layer)
+    units = plan.parse_units(units_spec, model, layer)
     cfg = config.copy_and_resolve_references()
     cfg.objective.kind = kind
     vis = sv.optimize.Visualizer(model, layer, cfg)
     per_gamma, results = {}, []
     for g in gammas:
-      tv = job.settings_from_config(_with_gammas(cfg, [g]), model.spec.streams)[0]
+      tv = plan.settings_from_config(_with_gammas(cfg, [g]), model.spec.streams)[0]
       t0 = time.time()
       result = vis.run(units, seed=0, tv=tv, log_progress=False)
       out["seconds"] += time.time() - t0

@@ -25,6 +25,10 @@ Fully connected layers are convolutions whose kernel covers the whole input,
 so there is no flatten-order question. `load(path) -> Model` taps every layer
 by its name (and, for DagNN, every variable by its name); the logits are the
 input of a final softmax/loss layer, with 1x1 spatial dimensions dropped.
+
+Size (~830 lines): both MatConvNet formats (SimpleNN and DagNN, read from
+MATLAB v5 files) and the executor of their layers; as for `converters.caffe`,
+the executor should become `stviz_jax.models.netgraph` (a later step).
 """
 
 from __future__ import annotations

@@ -91,6 +91,28 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def complete(config, defaults: ml_collections.ConfigDict | None = None
+             ) -> ml_collections.ConfigDict:
+  """`config` with every field it lacks filled from `defaults` (default:
+  `default_config()`), recursively; its own values and extra fields are kept.
+
+  The library's entry points (`Visualizer`, `job.run`, `plan.build_target`)
+  complete what they are given, so a researcher's partial config works and
+  every other module reads fields as attributes: each default is written
+  here once, never restated as `.get(name, default)` elsewhere.
+  """
+  defaults = default_config() if defaults is None else defaults
+
+  def merge(base: dict, given: dict) -> dict:
+    out = dict(base)
+    for k, v in given.items():
+      out[k] = merge(base[k], v) if isinstance(base.get(k), dict) and isinstance(v, dict) else v
+    return out
+
+  given = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  return ml_collections.ConfigDict(merge(defaults.to_dict(), given))
+
+
 # float32 is what the optimisation computes in: a value beyond it is inf there.
 _FLOAT32_MAX = 3.4028235e38
 
@@ -150,7 +172,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             0, strict=True)
   _number("config.objective.other_weight", obj.get("other_weight", 1.0),
           "a finite number >= 0 (the weight of the subtracted unit)", 0)
-  # objective.diversity / .samples: job.samples_from_config (they depend on each other).
+  # objective.diversity / .samples: plan.samples_from_config (they depend on each other).
   reg = c.regularizer
   _number("config.regularizer.bound", reg.bound, "a finite number > 0 (B, 8-bit levels)",
           0, strict=True)

@@ -33,8 +33,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from stviz_jax import gallery, job, models, render
-from stviz_jax.optimize import Result, Visualizer
+from stviz_jax import gallery, job, models, plan, render
+from stviz_jax.optimize import Visualizer
+from stviz_jax.result import Result
 
 
 def _same_structure(a, b) -> bool:
@@ -127,10 +128,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, checkpoints: Sequence[s
   layer = config.layer
   loaded[0].spec.check_layer(layer)
   try:
-    units = job.parse_units(config.units, loaded[0], layer)
+    units = plan.parse_units(config.units, loaded[0], layer)
   except ValueError as e:
     raise ValueError(f"config.units: {e}") from None
-  settings = job.settings_from_config(config, loaded[0].spec.streams)[0]
+  settings = plan.settings_from_config(config, loaded[0].spec.streams)[0]
   results = evolve(loaded, layer, units, config, config.seed, settings)
   layer_dir = os.path.join(workdir, layer.replace("/", "_"))
   for k, (label, result) in enumerate(zip(labels, results)):

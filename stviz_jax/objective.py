@@ -217,16 +217,9 @@ def class_contrast(other, weight: float = 1.0, a_hat=None) -> Objective:
     weight: 1 for the plain difference.
     a_hat: per-class normalisers (as in `class_logit`).
   """
-  table = jnp.asarray(other, jnp.int32)
-
-  def fn(acts, unit):
-    logits = acts[LOGITS]
-    b = table if table.ndim == 0 else table[unit]
-    la = jnp.sum(jnp.take(logits, unit, axis=-1)) / _a_hat(a_hat, unit)
-    lb = jnp.sum(jnp.take(logits, b, axis=-1)) / _a_hat(a_hat, b)
-    return la - weight * lb
-
-  return Objective(fn, [LOGITS], "class_contrast")
+  # The class scores are one location (rho = 1): a channel interaction of them.
+  return Objective(channel_interaction(LOGITS, other, weight, 1.0, a_hat).fn, [LOGITS],
+                   "class_contrast")
 
 
 def gram_matrices(a: jax.Array) -> jax.Array:

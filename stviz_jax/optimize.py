@@ -23,13 +23,15 @@ Lucid's Gram-matrix diversity term coupling them.
 Steps run in `lax.scan` (or, opt-in, a host loop over one compiled step:
 see `Visualizer.loop`), units in `jax.vmap`; one compiled step serves every chunk
 of a sweep (units, step and kappa/gamma are traced arguments).
+
+Size (~570 lines): one concept, the compiled optimisation; `run_diverse` (K
+coupled samples of one unit) shares the Visualizer's canvas, transforms and
+projection, so it lives beside it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import time
 from typing import Any, Mapping, Sequence
 
@@ -40,59 +42,15 @@ import ml_collections
 import numpy as np
 import optax
 
-from stviz_jax import files, layout
+from stviz_jax.plan import a_hat_given, build_target
+from stviz_jax.result import Result
+from stviz_jax import config as config_lib
 from stviz_jax import objective as objective_lib
 from stviz_jax import param as param_lib
 from stviz_jax import progress as progress_lib
 from stviz_jax import regularizers
 from stviz_jax import transforms as transforms_lib
-from stviz_jax.models import LOGITS, Model, conv as conv_lib, layers as layers_lib
-
-
-@dataclasses.dataclass
-class Result:
-  """Optimised inputs of a set of units of one layer.
-
-  Attributes:
-    layer: the visualised layer.
-    units: `(U,)` unit indices.
-    inputs: stream -> `(U, T, H, W, C)` optimised inputs, in model input units.
-    activations: `(U,)` the normalised target term at the end (centre crop).
-    history: name -> `(U, steps)`: 'objective', 'activation' per step.
-    a_hat_given: whether a_hat came from validation data (else 1).
-    seed: the seed.
-    settings: regularisation values used, e.g. {'flow': (kappa, gamma)}.
-  """
-
-  layer: str
-  units: np.ndarray
-  inputs: dict[str, np.ndarray]
-  activations: np.ndarray
-  history: dict[str, np.ndarray]
-  a_hat_given: bool
-  seed: int
-  settings: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
-
-  def save(self, path: str, config: ml_collections.ConfigDict | None = None,
-           weights: str = "") -> None:
-    """Writes an `.npz` atomically (temporary name, then rename).
-
-    `config` and `weights` (a digest of the model's variables) are recorded so a
-    resumed run can tell whether the file belongs to the same run and weights.
-    """
-    files.savez(path, layout.result_arrays(
-        layer=self.layer, units=self.units, inputs=self.inputs, activations=self.activations,
-        history=self.history, a_hat_given=self.a_hat_given, seed=self.seed,
-        settings=self.settings,
-        config=json.loads(config.to_json()) if config is not None else None, weights=weights))
-
-  @classmethod
-  def load(cls, path: str) -> "Result":
-    """The Result `save` wrote (schema: `layout.result_arrays`)."""
-    r = layout.read_result(path)
-    return cls(layer=r["layer"], units=r["units"], inputs=r["inputs"],
-               activations=r["activations"], history=r["history"],
-               a_hat_given=r["a_hat_given"], seed=r["seed"], settings=r["settings"])
+from stviz_jax.models import Model, conv as conv_lib, layers as layers_lib
 
 
 def _schedule(opt: ml_collections.ConfigDict, steps: int):
@@ -105,62 +63,6 @@ def _schedule(opt: ml_collections.ConfigDict, steps: int):
     return optax.constant_schedule(lr)
   raise ValueError(f"unknown optimizer.schedule {opt.schedule!r}; "
                    "valid: cosine, exponential, constant")
-
-
-def build_target(model: Model, layer: str,
-                 cfg: ml_collections.ConfigDict) -> objective_lib.Objective:
-  """The activation term named by `cfg.kind` for `layer`.
-
-  a_hat is `cfg.a_hat`, or per unit from the statistics file `cfg.a_hat_from`
-  (`stviz_jax.stats.load_a_hat`; the class logits are the layer 'logits').
-  """
-  kind = cfg.kind
-  a_hat = cfg.a_hat
-  if cfg.get("a_hat_from"):
-    from stviz_jax import stats  # pylint: disable=import-outside-toplevel
-    try:
-      a_hat = stats.load_a_hat(cfg.a_hat_from, layer, model.spec.num_units(layer))
-    except ValueError as e:
-      raise ValueError(f"objective.a_hat_from: {e}") from None
-  if kind in _MORE_KINDS or (kind == "neuron" and cfg.get("location")):
-    return _more_targets(model, layer, cfg, a_hat)
-  if kind == "channel":
-    rho, _ = model.spec.receptive_field(layer)
-    return objective_lib.channel(layer, rho=rho, a_hat=a_hat)
-  if kind == "neuron":
-    return objective_lib.neuron(layer, a_hat=a_hat)
-  if kind == "class_logit":
-    return objective_lib.class_logit(a_hat=a_hat, score=cfg.get("class_score", "logit"))
-  raise ValueError(f"unknown objective.kind {kind!r}; valid: channel, neuron, class_logit, "
-                   f"{', '.join(_MORE_KINDS)}")
-
-
-_MORE_KINDS = ("direction", "channel_interaction", "class_contrast")
-
-
-def _more_targets(model: Model, layer: str, cfg: ml_collections.ConfigDict,
-                  a_hat) -> objective_lib.Objective:
-  """Lucid-style targets (`objective.direction`, ...) and `neuron` at `cfg.location`."""
-  kind = cfg.kind
-  rho, _ = model.spec.receptive_field(layer)
-  if kind == "neuron":
-    return objective_lib.neuron(layer, tuple(cfg.location), a_hat=a_hat)
-  if kind == "direction":
-    if not len(cfg.get("direction", ()) or ()):
-      raise ValueError("objective.kind 'direction' needs objective.direction (a vector "
-                       f"of {model.spec.num_units(layer)} channel weights of layer {layer!r})")
-    return objective_lib.direction(layer, cfg.direction, rho=rho, a_hat=a_hat)
-  other = cfg.get("other", -1)
-  if other < 0:
-    raise ValueError(f"objective.kind {kind!r} needs objective.other (the unit or class "
-                     f"of {layer!r} to suppress)")
-  model.spec.check_units(layer, [other])
-  if kind == "channel_interaction":
-    return objective_lib.channel_interaction(layer, other, cfg.get("other_weight", 1.0),
-                                             rho=rho, a_hat=a_hat)
-  if layer != LOGITS:
-    raise ValueError(f"objective.kind 'class_contrast' needs layer {LOGITS!r}, got {layer!r}")
-  return objective_lib.class_contrast(other, cfg.get("other_weight", 1.0), a_hat=a_hat)
 
 
 @contextlib.contextmanager
@@ -220,6 +122,7 @@ class Visualizer:
   def __init__(self, model: Model, layer: str, config: ml_collections.ConfigDict,
                target: objective_lib.Objective | None = None):
     model.spec.check_layer(layer)
+    config = config_lib.complete(config)
     self.model, self.layer, self.config = model, layer, config
     self.target = target or build_target(model, layer, config.objective)
     # Objectives built from config.objective of kind channel / neuron read
@@ -234,20 +137,20 @@ class Visualizer:
     self.jitter = max(1, int(round(stride * frac))) if config.jitter else 1
     # The canvas is larger than the input by what the transforms crop away, so
     # their last output is the model's size ("jitter" alone: H + J - 1).
-    self.transform = transforms_lib.parse(config.get("transforms", "jitter"), self.jitter)
+    self.transform = transforms_lib.parse(config.transforms, self.jitter)
     self.margin = max(0, self.transform.margin)
     self.params = {
-        s: param_lib.build(config.get("param", None) or {}, s,
+        s: param_lib.build(config.param, s,
                            (spec.frames, spec.height + self.margin, spec.width + self.margin,
                             spec.channels),
                            config.init_scale * self.weights[s].v / self.weights[s].bound)
         for s, spec in self.streams.items()}
     self.terms = objective_lib.regularized(
-        with_compute_dtype(model.apply, config.get("compute_dtype", "float32")),
+        with_compute_dtype(model.apply, config.compute_dtype),
         self.target, self.weights)
     self.trace_count = 0
     # Steps, s/step and ETA logged from inside the compiled loop (0 = off).
-    self.progress = progress_lib.StepProgress(float(config.get("progress_every", 10.0)))
+    self.progress = progress_lib.StepProgress(float(config.progress_every))
     self.last_timing = (0.0, 0.0)  # (start-up incl. compilation, loop) seconds of the last call.
     self._run = jax.jit(self._run_chunk)
     self._start_j = jax.jit(jax.vmap(self._start))
@@ -395,7 +298,7 @@ class Visualizer:
     a loop). Before `stviz_jax.models.conv` the convolution gradients inside
     scan were the slow ones (0.58 s for that VGG step). 'auto' = scan.
     """
-    loop = self.config.get("loop", "scan")
+    loop = self.config.loop
     if loop == "auto":
       return "scan"
     if loop not in ("scan", "host"):
@@ -478,11 +381,6 @@ class Visualizer:
                   seed=seed, settings=settings)
 
 
-def a_hat_given(config: ml_collections.ConfigDict) -> bool:
-  """Whether a_hat comes from data (a statistics file or a value other than 1)."""
-  return bool(config.objective.get("a_hat_from")) or config.objective.a_hat not in (None, 1.0)
-
-
 class _DiverseSamples:
   """The compiled optimisation of `run_diverse` for one `Visualizer`.
 
@@ -499,13 +397,13 @@ class _DiverseSamples:
     self.vis = vis
     self.tx = optax.adam(_schedule(cfg.optimizer, cfg.steps), b1=cfg.optimizer.b1,
                          b2=cfg.optimizer.b2)
-    layer = cfg.objective.get("diversity_layer", "") or vis.layer
+    layer = cfg.objective.diversity_layer or vis.layer
     try:
       vis.model.spec.check_layer(layer)
     except ValueError as e:
       raise ValueError(f"objective.diversity_layer: {e}") from None
     self.diversity = objective_lib.diversity(layer)
-    self.apply = with_compute_dtype(vis.model.apply, cfg.get("compute_dtype", "float32"))
+    self.apply = with_compute_dtype(vis.model.apply, cfg.compute_dtype)
     self._run_j = jax.jit(self._run)
     self._start_j = jax.jit(self._start)
     self._step_j = jax.jit(self._step_traced, donate_argnums=(4,))
@@ -622,7 +520,7 @@ def run_diverse(vis: "Visualizer", unit: int, samples: int, seed: int = 0,
   vis.model.spec.check_units(vis.layer, [unit])
   settings = vis.settings(tv)
   if weight is None:
-    weight = vis.config.objective.get("diversity", 0.0)
+    weight = vis.config.objective.diversity
   base = jax.random.fold_in(jax.random.PRNGKey(seed), unit)
   keys = jax.vmap(lambda k: jax.random.fold_in(base, k))(jnp.arange(samples))
   tv_arr = {s: tuple(jnp.float32(v) for v in settings[s]) for s in vis.streams}

@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stviz_jax import config as config_lib
 from stviz_jax import regularizers
 
 Theta = Any
@@ -306,23 +307,24 @@ def build(cfg, stream: str, shape: Sequence[int], rms: float) -> Param:
     shape: `(T, H, W, C)` canvas.
     rms: initial per-pixel RMS norm in units of B (MACO's fixed energy).
   """
-  kind = cfg.get("kind", "pixel")
+  cfg = config_lib.complete(cfg, config_lib.default_config().param)
+  kind = cfg.kind
   if kind == "pixel":
     base = pixel(shape)
   elif kind == "fourier":
-    base = fourier(shape, cfg.get("decay", 1.0))
+    base = fourier(shape, cfg.decay)
   elif kind == "maco":
-    base = maco(shape, rms, decay=cfg.get("decay", 1.0))
+    base = maco(shape, rms, decay=cfg.decay)
   else:
     raise ValueError(f"unknown param.kind {kind!r}; valid: {', '.join(KINDS)}")
-  colour = cfg.get("colour", "none")
+  colour = cfg.colour
   if colour not in COLOURS:
     raise ValueError(f"unknown param.colour {colour!r}; valid: {', '.join(COLOURS)}")
   if colour == "none" or shape[-1] != 3:
     return base
   if colour == "imagenet":
     return decorrelated(base)
-  cov = np.asarray(cfg.get("colour_covariance", ()) or (), np.float64)
+  cov = np.asarray(cfg.colour_covariance or (), np.float64)
   if cov.size != 9:
     raise ValueError(f"param.colour='data' needs param.colour_covariance (a 3x3 colour "
                      f"covariance of stream {stream!r}), got {cov.tolist()}")

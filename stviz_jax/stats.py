@@ -30,7 +30,7 @@ Output (`DIR/stats.npz`, the gallery's schema, see `stviz_jax.gallery`):
   <layer>/top_thumbnails (U, k, h, w, 3) uint8 (the input around the location).
 
 `config.objective.a_hat_from=DIR/stats.npz` makes the visualisation objective
-divide by these a_hat (`load_a_hat`), and the gallery shows the top clips and
+divide by these a_hat (`stviz_jax.a_hat.load_a_hat`), and the gallery shows the top clips and
 the 10 highest-activating classes per unit.
 """
 
@@ -50,6 +50,7 @@ import ml_collections
 import numpy as np
 
 from stviz_jax import files, models, render
+from stviz_jax.a_hat import check_stats_file
 from stviz_jax.data import clips as clips_lib
 from stviz_jax.models import LOGITS
 
@@ -174,7 +175,7 @@ class UnitStats:
 
   @classmethod
   def load(cls, path: str) -> "UnitStats":
-    with files.load_npz(_check_file(path)) as f:
+    with files.load_npz(check_stats_file(path)) as f:
       meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
       layers: dict[str, dict[str, np.ndarray]] = {}
       for key in f.files:
@@ -329,46 +330,6 @@ def _restore_state(path: str, fingerprint: dict, template):
 
 
 # --- using the statistics -----------------------------------------------------
-
-
-def _check_file(path: str) -> str:
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"statistics file {path!r} does not exist; compute it with "
-                            "`python -m stviz_jax.stats --config=... --workdir=DIR` "
-                            "(writes DIR/stats.npz)")
-  return path
-
-
-def load_a_hat(path: str, layer: str, num_units: int | None = None) -> np.ndarray:
-  """a_hat_{l,c} of every unit of `layer` from a statistics file, `(U,)` float32.
-
-  Units that never fired on the data (a_hat <= 0) cannot normalise; they get 1
-  (the paper's fallback when no a_hat is known) and a warning.
-
-  Raises:
-    ValueError: the file has no a_hat for `layer` (lists the layers it has),
-      or a different number of units than the model's layer.
-  """
-  with files.load_npz(_check_file(path)) as f:
-    key = f"{layer}/a_hat"
-    if key not in f.files:
-      have = sorted(k.rsplit("/", 1)[0] for k in f.files if k.endswith("/a_hat"))
-      raise ValueError(f"{path}: no a_hat for layer {layer!r}; layers in the file: "
-                       f"{', '.join(have) or 'none'}")
-    a_hat = np.asarray(f[key], np.float32)
-  if a_hat.ndim != 1 or (num_units is not None and a_hat.shape[0] != num_units):
-    raise ValueError(f"{path}: layer {layer!r} has a_hat for {a_hat.shape} units, the "
-                     f"model's layer has {num_units}; were the statistics computed "
-                     "for another model?")
-  if not np.all(np.isfinite(a_hat)):
-    bad = np.nonzero(~np.isfinite(a_hat))[0][:10].tolist()
-    raise ValueError(f"{path}: layer {layer!r} unit(s) {bad} have no finite a_hat")
-  dead = np.nonzero(a_hat <= 0)[0]
-  if dead.size:
-    logging.warning("%s: layer %s units %s never activated on the data (a_hat <= 0); "
-                    "using a_hat = 1 for them", path, layer, dead[:20].tolist())
-    a_hat = np.where(a_hat > 0, a_hat, 1.0).astype(np.float32)
-  return a_hat
 
 
 def thumbnails(model: models.Model, stats: UnitStats, dataset: clips_lib.ClipDataset,

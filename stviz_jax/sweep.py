@@ -28,9 +28,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from stviz_jax import config as config_lib
 from stviz_jax import files
 from stviz_jax.models import checkpoint
-from stviz_jax.optimize import Result, Visualizer, a_hat_given
+from stviz_jax.optimize import Visualizer
+from stviz_jax.plan import a_hat_given
+from stviz_jax.result import Result
 
 _FALLBACK_CHUNK = 32
 
@@ -178,9 +181,9 @@ def run_sweep(vis: Visualizer, units: Sequence[int],
   mesh = Mesh(np.asarray(devices), ("units",))
   sharding = NamedSharding(mesh, P("units"))
   replicated = NamedSharding(mesh, P())
-  sweep_cfg = config.get("sweep", None) or {}
+  sweep_cfg = config_lib.complete(config).sweep
   chunk = plan_chunk_size(vis, len(elements), len(devices), int(config.chunk_size or 0),
-                          float(sweep_cfg.get("memory_budget_gb", 0.0)))
+                          float(sweep_cfg.memory_budget_gb))
   n_chunks = -(-len(elements) // chunk)
   padded = elements + [elements[-1]] * (n_chunks * chunk - len(elements))
 

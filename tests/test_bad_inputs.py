@@ -244,23 +244,23 @@ def _labelled_model():
     ("rightward,red", "logits", ["separated by ';', not ','"]),
 ])
 def test_unit_lists_name_the_bad_part_the_syntax_and_the_range(spec, layer, needles):
-  from stviz_jax import job  # pylint: disable=g-import-not-at-top
+  from stviz_jax import plan  # pylint: disable=g-import-not-at-top
   model = _labelled_model()
   with pytest.raises(ValueError) as e:
-    job.parse_units(spec, model, layer)
+    plan.parse_units(spec, model, layer)
   message = str(e.value)
   assert "\n" not in message
   n = model.spec.num_units(layer)
   for needle in needles + ["'all'", "'0-7'", "'1,4,9'", f"0..{n - 1}"]:
     assert needle in message, (needle, message)
   assert ("class names separated by ';'" in message) == (layer == "logits")
-  assert job.parse_units("0, 2-3", model, "motion") == [0, 2, 3]
+  assert plan.parse_units("0, 2-3", model, "motion") == [0, 2, 3]
 
 
 def test_unknown_class_lists_close_matches():
-  from stviz_jax import job  # pylint: disable=g-import-not-at-top
+  from stviz_jax import plan  # pylint: disable=g-import-not-at-top
   model = _labelled_model()
-  for call in (model.class_index, lambda n: job._class_or_index(n, model)):
+  for call in (model.class_index, lambda n: plan.class_or_index(n, model)):
     with pytest.raises(ValueError, match=r"unknown class 'dwonward' of model 'model'; "
                                          r"did you mean 'downward'"):
       call("dwonward")

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from stviz_jax import job, quality
+from stviz_jax import job, plan, quality
 from stviz_jax.config import default_config
 from stviz_jax.optimize import Result
 
@@ -70,7 +70,7 @@ def test_bad_per_target_steps_is_one_clear_error():
   c.targets.classes.steps = 0
   model = job.models.load("tiny_two_stream", size=8, frames=2, width=16)
   with pytest.raises(ValueError, match=r"config.targets.classes.steps must be an integer >= 1"):
-    job.targets_from_config(c, model)
+    plan.targets_from_config(c, model)
 
 
 def test_grid_is_labelled(run):

@@ -153,3 +153,19 @@ def test_every_converter_error_is_a_conversion_error():
                  and obj.__module__ == name]
   assert len(errors) >= 6, errors
   assert [e for e in errors if not issubclass(e, ConversionError)] == []
+
+
+def test_no_command_is_imported_by_the_package():
+  """A module run as `python -m stviz_jax.X` must not be imported by `import
+  stviz_jax` (runpy would warn, on stderr, that it was found in sys.modules)."""
+  graph = _edges()
+  seen, todo = set(), ["stviz_jax"]
+  while todo:
+    m = todo.pop()
+    if m not in seen:
+      seen.add(m)
+      todo.extend(graph[m])
+  commands = {m for m in MODULES if m.startswith("stviz_jax")
+              and 'if __name__ == "__main__"' in open(MODULES[m]).read()}
+  assert "stviz_jax.stats" in commands and "stviz_jax.main" in commands
+  assert sorted(commands & seen) == []

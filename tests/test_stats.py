@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stviz_jax import config as config_lib
-from stviz_jax import gallery, models, optimize, stats
+from stviz_jax import a_hat, gallery, models, optimize, stats
 from stviz_jax.data import clips, synthetic
 from stviz_jax.models.base import LayerGeometry
 
@@ -172,17 +172,17 @@ def test_saved_file_feeds_gallery_and_objective(model, dataset, streamed, tmp_pa
   result = optimize.Visualizer(model, "logits", config).run([0, 1], log_progress=False)
   assert result.a_hat_given
   with pytest.raises(ValueError, match="no a_hat for layer 'nope'.*layers in the file: a, b"):
-    stats.load_a_hat(path, "nope")
+    a_hat.load_a_hat(path, "nope")
   with pytest.raises(ValueError, match="a_hat for .* units, the model's layer has 9"):
-    stats.load_a_hat(path, "a", num_units=9)
+    a_hat.load_a_hat(path, "a", num_units=9)
   with pytest.raises(FileNotFoundError, match="python -m stviz_jax.stats"):
-    stats.load_a_hat(str(tmp_path / "missing.npz"), "a")
+    a_hat.load_a_hat(str(tmp_path / "missing.npz"), "a")
 
 
 def test_dead_units_fall_back_to_one(tmp_path):
   path = str(tmp_path / "s.npz")
   np.savez(path, **{"x/a_hat": np.asarray([2.0, 0.0, -1.0], np.float32)})
-  np.testing.assert_array_equal(stats.load_a_hat(path, "x", 3), [2.0, 1.0, 1.0])
+  np.testing.assert_array_equal(a_hat.load_a_hat(path, "x", 3), [2.0, 1.0, 1.0])
 
 
 @pytest.mark.slow

@@ -94,6 +94,7 @@ def _finished_chunks(workdir):
   return [p for p in d.iterdir() if p.name.isdigit()] if d.is_dir() else []
 
 
+@pytest.mark.slow  # tests/test_faults.py kills in the sweep (and later) on every CI run.
 def test_kill_and_resume_is_bitwise_identical(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   reference = tmp_path / "reference"

@@ -29,6 +29,9 @@ Pooling follows Caffe (`ceil_mode=True`): the output has
 start in the padding; average pooling divides by the window's overlap with
 the padded input `[-p, n + p)`, as Caffe does. With `ceil_mode=False` it is
 floor rounding (MatConvNet's VGG and ResNet pools).
+
+Size (~540 lines): one concept, the layer graph - its node types, the Flax
+module that runs it, its parameter shapes and random initialisation.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ the rows); `fc7-1`, `fc8-1` are `(C_in, C_out)`. C3D has no batch norm.
 
 from __future__ import annotations
 
-from stviz_jax.models import base, registry
+from stviz_jax.models import base, checkpoint, registry
 from stviz_jax.models.netgraph import (Conv, Dense, Graph, Pool, StreamInput,
                                        build, labels_for, scaled)
 
@@ -70,9 +70,7 @@ def c3d(frames: int = 16, size: int = 112, num_classes: int = 487,
     weights: converted weights directory (architecture 'c3d').
     folded: accepted for a uniform interface; C3D has no batch norm.
   """
-  if weights and width != 1.0:
-    raise ValueError(f"width={width} builds a narrowed network; converted "
-                     "weights need width=1.0")
+  checkpoint.check_width(width, weights)
   return build(c3d_graph(frames, size, num_classes, fc_suffix, width),
                folded=folded, seed=seed, weights=weights,
                labels=labels_for(num_classes))

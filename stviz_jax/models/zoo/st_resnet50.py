@@ -47,7 +47,7 @@ minus 128), as for `vgg16_fusion`.
 
 from __future__ import annotations
 
-from stviz_jax.models import base, registry
+from stviz_jax.models import base, checkpoint, registry
 from stviz_jax.models.netgraph import (Add, Conv, Dense, Graph, Pool,
                                        StreamInput, build, labels_for, scaled)
 
@@ -138,9 +138,7 @@ def st_resnet50(frames: int = 5, size: int = 224, flow_stack: int = 10,
     weights: converted weights directory (architecture 'st_resnet50').
     folded: fold batch norm into the convolutions (default, as the paper).
   """
-  if weights and width != 1.0:
-    raise ValueError(f"width={width} builds a narrowed network; converted "
-                     "weights need width=1.0")
+  checkpoint.check_width(width, weights)
   graph = st_resnet50_graph(frames, size, flow_stack, flow_stride, num_classes,
                             width)
   return build(graph, folded=folded, seed=seed, weights=weights,
