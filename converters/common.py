@@ -11,7 +11,7 @@ import numpy as np
 from stviz_jax.models import checkpoint
 # The base of every converter error; `check_complete` raises it itself for
 # source weights that do not match the target (missing/unexpected/mismatched).
-from stviz_jax.models.checkpoint import ConversionError
+from stviz_jax.models.checkpoint import ConversionError, flatten, unflatten  # noqa: F401
 
 
 def _short(names: Iterable[str], limit: int = 12) -> str:
@@ -43,29 +43,6 @@ def check_complete(source: str, *, missing: Iterable[str] = (),
                  + (f" (+{len(mismatched) - 8} more)" if len(mismatched) > 8 else ""))
   if parts:
     raise ConversionError(f"{source}: weights do not match the target - " + "; ".join(parts))
-
-
-def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-  """{'a': {'b': x}} -> {'a/b': x}."""
-  out = {}
-  for k, v in tree.items():
-    key = f"{prefix}/{k}" if prefix else str(k)
-    if isinstance(v, Mapping):
-      out.update(flatten(v, key))
-    else:
-      out[key] = v
-  return out
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict:
-  out: dict = {}
-  for key, v in flat.items():
-    node = out
-    *parents, leaf = key.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return out
 
 
 def fill_like(template: Mapping, values: Mapping[str, np.ndarray], source: str) -> dict:

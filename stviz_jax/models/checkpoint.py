@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Mapping
 
 from absl import logging
 import jax
@@ -187,6 +187,30 @@ def restore(path: str) -> tuple[Any, dict]:
     metadata = json.load(f)
   variables = ocp.StandardCheckpointer().restore(os.path.join(path, "variables"))
   return variables, metadata
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "", leaf: bool = False) -> dict[str, Any]:
+  """`{'a': {'b': x}}` -> `{'a/b': x}` (leaves as numpy arrays when `leaf`)."""
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}/{key}" if prefix else str(key)
+    if isinstance(value, Mapping):
+      out.update(flatten(value, name, leaf))
+    else:
+      out[name] = np.asarray(value) if leaf else value
+  return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """`{'a/b': x}` -> `{'a': {'b': x}}` (the inverse of `flatten`)."""
+  out: dict[str, Any] = {}
+  for name, value in flat.items():
+    node = out
+    *parents, leaf = name.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return out
 
 
 class ConversionError(ValueError):

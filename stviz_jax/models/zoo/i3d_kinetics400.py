@@ -117,26 +117,11 @@ def read_pickle(path: str) -> dict[str, Any]:
 
 def flatten(tree: Mapping[str, Any], prefix: str = "", leaf: bool = True
             ) -> dict[str, Any]:
-  """`{'a': {'b': x}}` -> `{'a/b': x}` (leaves as numpy arrays when `leaf`)."""
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}/{key}" if prefix else str(key)
-    if isinstance(value, Mapping):
-      out.update(flatten(value, name, leaf))
-    else:
-      out[name] = np.asarray(value) if leaf else value
-  return out
+  """`checkpoint.flatten` with numpy leaves by default (the pickle's arrays)."""
+  return checkpoint.flatten(tree, prefix, leaf)
 
 
-def unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for name, value in flat.items():
-    node = out
-    *parents, leaf = name.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return out
+unflatten = checkpoint.unflatten
 
 
 # --- the rename table -----------------------------------------------------------
