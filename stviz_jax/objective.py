@@ -252,6 +252,25 @@ def diversity(layer: str) -> Objective:
                    f"diversity({layer})", batch_fn)
 
 
+def _penalties(inputs, weights, tv):
+  """Sum over streams (and samples, if batched) of lambda_B R_B + lambda_TV R_TV."""
+  total = 0.0
+  for stream, x in inputs.items():
+    kappa, gamma = (tv or {}).get(stream, (None, None))
+    total = total + jnp.sum(regularizers.penalty(x, weights[stream], kappa, gamma))
+  return total
+
+
+def _terms(apply, target_fn, target_layers, weights, variables, batch, inputs, unit, tv):
+  """Equation (1) of `inputs` as the dict `regularized` documents; `batch` is what the
+  network sees (`inputs` with a leading batch axis)."""
+  logits, feats = apply(variables, batch)
+  acts = {l: (logits if l == LOGITS else feats[l]) for l in target_layers}
+  activation = target_fn(acts, unit)
+  penalty = _penalties(inputs, weights, tv)
+  return {"activation": activation, "penalty": penalty, "objective": activation - penalty}
+
+
 def regularized_batch(apply: Callable, target: Objective,
                       weights: Mapping[str, regularizers.StreamWeights]):
   """Equation (1) summed over a batch of K samples of one unit, plus batch terms.
@@ -264,15 +283,8 @@ def regularized_batch(apply: Callable, target: Objective,
   """
 
   def terms(variables, inputs, unit, tv=None):
-    logits, feats = apply(variables, dict(inputs))
-    acts = {l: (logits if l == LOGITS else feats[l]) for l in target.layers}
-    activation = target.batched(acts, unit)
-    penalty = 0.0
-    for stream, x in inputs.items():
-      kappa, gamma = (tv or {}).get(stream, (None, None))
-      penalty = penalty + jnp.sum(regularizers.penalty(x, weights[stream], kappa, gamma))
-    return {"activation": activation, "penalty": penalty,
-            "objective": activation - penalty}
+    return _terms(apply, target.batched, target.layers, weights, variables, dict(inputs),
+                  inputs, unit, tv)
 
   return terms
 
@@ -295,15 +307,7 @@ def regularized(apply: Callable, target: Objective,
   """
 
   def terms(variables, inputs, unit, tv=None):
-    batched = {k: v[None] for k, v in inputs.items()}
-    logits, feats = apply(variables, batched)
-    acts = {l: (logits if l == LOGITS else feats[l]) for l in target.layers}
-    activation = target(acts, unit)
-    penalty = 0.0
-    for stream, x in inputs.items():
-      kappa, gamma = (tv or {}).get(stream, (None, None))
-      penalty = penalty + regularizers.penalty(x, weights[stream], kappa, gamma)
-    return {"activation": activation, "penalty": penalty,
-            "objective": activation - penalty}
+    batch = {k: v[None] for k, v in inputs.items()}
+    return _terms(apply, target, target.layers, weights, variables, batch, inputs, unit, tv)
 
   return terms

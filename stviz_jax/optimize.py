@@ -1,49 +1,41 @@
-"""Activation maximisation with optax: Adam, jitter, projection, scan, vmap.
+"""The Visualizer: the paper's optimisation of a layer's units, compiled once.
 
-For each unit c the optimised variable is z = x / B per stream (so the
-learning rate is unitless and the bound is ||z(i,j,k,:)|| <= 1). Each step:
+The maths of one step lives in `stviz_jax.ascent` (pure `init` / `step` /
+`finish`: Adam on the transformed canvas, then the projection onto the
+B-ball). This module turns a model, a layer and a config into those
+functions' arguments and compiles them once:
 
-  1. draw a spatial offset (dy, dx) in [0, J)^2, J = jitter_fraction * stride_l,
-     the same for every stream so appearance and motion stay aligned;
-  2. feed the (H, W) window of the (H + J - 1, W + J - 1) variable at that offset;
-  3. ascend E(x) = activation - penalties with optax.adam and a decreasing
-     learning rate;
-  4. project every pixel back onto the B-ball.
+* `Visualizer.run` / `run_chunk`: a chunk of units, `jax.vmap` over
+  elements (unit, kappa/gamma); units, step index and kappa/gamma are traced,
+  so one compilation serves every chunk of a sweep;
+* `Visualizer.run_diverse`: K samples of one unit coupled by Lucid's
+  Gram-matrix diversity, the same step on a batched canvas.
 
-Beyond the paper, `config.param` chooses what is optimised (`stviz_jax.param`:
-z = to_pixels(theta), e.g. a 3-D 1/f Fourier spectrum, decorrelated colour or
-MACO's phase) and `config.transforms` the per-step transforms
-(`stviz_jax.transforms`; step 1 is its default "jitter"). The bound stays a
-pixel-space constraint for every parameterisation: step 4 is
-`Param.project`, the pixels' projection mapped back to theta (MACO clips
-inside `to_pixels`). The defaults are the paper's, bit for bit.
-`Visualizer.run_diverse` optimises K samples of one unit together with
-Lucid's Gram-matrix diversity term coupling them.
-
-Steps run in `lax.scan` (or, opt-in, a host loop over one compiled step:
-see `Visualizer.loop`), units in `jax.vmap`; one compiled step serves every chunk
-of a sweep (units, step and kappa/gamma are traced arguments).
-
-Size (~570 lines): one concept, the compiled optimisation; `run_diverse` (K
-coupled samples of one unit) shares the Visualizer's canvas, transforms and
-projection, so it lives beside it.
+Both run as `lax.scan` over the steps or, opt-in, a host loop over one
+compiled step (`Visualizer.loop`), through one `Compiled`. Beyond the paper,
+`config.param` chooses what is optimised (`stviz_jax.param`, e.g. a 3-D 1/f
+Fourier spectrum, decorrelated colour or MACO's phase) and
+`config.transforms` the per-step transforms (`stviz_jax.transforms`; the
+default is the paper's stride jitter). The defaults are the paper's, bit for
+bit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
-from typing import Any, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from stviz_jax.plan import a_hat_given, build_target
 from stviz_jax.result import Result
+from stviz_jax import ascent
 from stviz_jax import config as config_lib
 from stviz_jax import objective as objective_lib
 from stviz_jax import param as param_lib
@@ -51,20 +43,6 @@ from stviz_jax import progress as progress_lib
 from stviz_jax import regularizers
 from stviz_jax import transforms as transforms_lib
 from stviz_jax.models import Model, conv as conv_lib, layers as layers_lib
-
-
-def _schedule(opt: ml_collections.ConfigDict, steps: int):
-  lr, end = opt.learning_rate, opt.final_fraction
-  if opt.schedule == "cosine":
-    return optax.cosine_decay_schedule(lr, max(steps, 1), alpha=end)
-  if opt.schedule == "exponential":
-    return optax.exponential_decay(lr, max(steps, 1), decay_rate=end)
-  if opt.schedule == "constant":
-    return optax.constant_schedule(lr)
-  raise ValueError(f"unknown optimizer.schedule {opt.schedule!r}; "
-                   "valid: cosine, exponential, constant")
-
-
 @contextlib.contextmanager
 def _network_context(step, redirect_steps: int, only_channel=None):
   """Trace-time settings of the network pass inside one optimisation step.
@@ -111,12 +89,76 @@ def with_compute_dtype(apply, dtype: str):
   return apply_in_dtype
 
 
+class Compiled:
+  """One optimisation compiled once: `lax.scan` over its steps (`run`) or a host
+  loop over one compiled step (`host_loop`), chosen by `Visualizer.loop`.
+
+  It is given, for traced arguments `args = (variables, units, tv, *extra)`,
+  `start(keys) -> state`, `step(args, state, i) -> (state, ascent.Metrics)` and
+  `finish(args, state) -> (inputs, activation)`. Calls return
+  `(inputs, activation, history)`, the history's steps along `steps_axis`.
+  Every trace adds one to the Visualizer's `trace_count`.
+  """
+
+  def __init__(self, vis: "Visualizer", start: Callable, step: Callable, finish: Callable,
+               steps_axis: int):
+    self.vis, self.start, self.step, self.finish = vis, start, step, finish
+    self.steps_axis = steps_axis
+    self.run = jax.jit(self.scan)
+    self.start_j = jax.jit(start)
+    self.step_j = jax.jit(self._traced_step, donate_argnums=(1,))
+    self.finish_j = jax.jit(finish)
+
+  def _history(self, metrics: ascent.Metrics) -> dict[str, jax.Array]:
+    return {k: jnp.moveaxis(v, 0, self.steps_axis) for k, v in metrics._asdict().items()}
+
+  def scan(self, variables, units, keys, tv, *extra):
+    """The whole optimisation, traced: `lax.scan` over the steps (one place to report progress)."""
+    self.vis.trace_count += 1  # runs only while tracing.
+    args = (variables, units, tv, *extra)
+
+    def body(state, i):
+      self.vis.progress.in_loop(i)
+      return self.step(args, state, i)
+
+    state, metrics = jax.lax.scan(body, self.start(keys), jnp.arange(self.vis.config.steps))
+    x, activation = self.finish(args, state)
+    return x, activation, self._history(metrics)
+
+  def _traced_step(self, args, state, i):
+    self.vis.trace_count += 1  # runs only while tracing.
+    return self.step(args, state, i)
+
+  def host_loop(self, variables, units, keys, tv, *extra):
+    """The steps as a host loop over one compiled step (see `Visualizer.loop`)."""
+    args = (variables, units, tv, *extra)
+    state = self.start_j(keys)
+    metrics = []
+    for i in range(self.vis.config.steps):
+      self.vis.progress.tick(i)
+      state, m = self.step_j(args, state, np.int32(i))
+      metrics.append(m)
+    x, activation = self.finish_j(args, state)
+    return x, activation, self._history(jax.tree.map(lambda *m: jnp.stack(m), *metrics))
+
+  def __call__(self, label: str, variables, units, keys, tv, *extra):
+    """Runs on the host, with progress under `label`; returns numpy arrays."""
+    vis = self.vis
+    vis.progress.start(label, vis.config.steps)
+    try:
+      run = self.run if vis.loop == "scan" else self.host_loop
+      return jax.device_get(run(variables, units, keys, tv, *extra))
+    finally:
+      vis.last_timing = vis.progress.finish()
+
+
 class Visualizer:
   """Compiles the optimisation of a chunk of units of one layer once.
 
   `run(units, seed, tv)` may be called with any units and any kappa/gamma
   values without recompiling; `trace_count` counts compilations (tests and
-  sweeps assert it stays 1).
+  sweeps assert it stays 1). `compiled_units` and `compiled_samples` are the
+  compiled optimisations of `run_chunk` and `run_diverse`.
   """
 
   def __init__(self, model: Model, layer: str, config: ml_collections.ConfigDict,
@@ -137,25 +179,26 @@ class Visualizer:
     self.jitter = max(1, int(round(stride * frac))) if config.jitter else 1
     # The canvas is larger than the input by what the transforms crop away, so
     # their last output is the model's size ("jitter" alone: H + J - 1).
-    self.transform = transforms_lib.parse(config.transforms, self.jitter)
-    self.margin = max(0, self.transform.margin)
-    self.params = {
-        s: param_lib.build(config.param, s,
-                           (spec.frames, spec.height + self.margin, spec.width + self.margin,
-                            spec.channels),
-                           config.init_scale * self.weights[s].v / self.weights[s].bound)
-        for s, spec in self.streams.items()}
-    self.terms = objective_lib.regularized(
-        with_compute_dtype(model.apply, config.compute_dtype),
-        self.target, self.weights)
+    transform = transforms_lib.parse(config.transforms, self.jitter)
+    margin = max(0, transform.margin)
+    init_rms = {s: config.init_scale * w.v / w.bound for s, w in self.weights.items()}
+    self.canvas = ascent.Canvas(
+        params={s: param_lib.build(config.param, s,
+                                   (spec.frames, spec.height + margin, spec.width + margin,
+                                    spec.channels), init_rms[s])
+                for s, spec in self.streams.items()},
+        bounds={s: w.bound for s, w in self.weights.items()},
+        sizes={s: (spec.height, spec.width) for s, spec in self.streams.items()},
+        transform=transform, init_rms=init_rms)
+    self.tx = ascent.optimizer(config.optimizer, config.steps)
+    self.apply = with_compute_dtype(model.apply, config.compute_dtype)
+    self.terms = objective_lib.regularized(self.apply, self.target, self.weights)
     self.trace_count = 0
     # Steps, s/step and ETA logged from inside the compiled loop (0 = off).
     self.progress = progress_lib.StepProgress(float(config.progress_every))
     self.last_timing = (0.0, 0.0)  # (start-up incl. compilation, loop) seconds of the last call.
-    self._run = jax.jit(self._run_chunk)
-    self._start_j = jax.jit(jax.vmap(self._start))
-    self._step_j = jax.jit(self._step_chunk, donate_argnums=(3,))
-    self._finish_j = jax.jit(jax.vmap(self._finish, in_axes=(None, 0, 0, 0)))
+    self.compiled_units = Compiled(self, self._start_units, self._step_units,
+                                   self._finish_units, steps_axis=1)
     self.loop  # validates config.loop early.
 
   def default_tv(self) -> dict[str, tuple[float, float]]:
@@ -171,119 +214,14 @@ class Visualizer:
     units = np.zeros((1,), np.int32)
     keys = jax.random.split(jax.random.PRNGKey(0), 1)
     tv = {s: (np.ones((1,), np.float32), np.ones((1,), np.float32)) for s in self.streams}
-    traces = self.trace_count
+    compiled, traces = self.compiled_units, self.trace_count
     try:
       if self.loop == "host":  # what runs is the step; its state is per element.
-        state = jax.eval_shape(self._start_j, keys)
-        return self._step_j.lower(self.model.variables, units, tv, state, np.int32(0))
-      return self._run.lower(self.model.variables, units, keys, tv)
+        state = jax.eval_shape(compiled.start_j, keys)
+        return compiled.step_j.lower((self.model.variables, units, tv), state, np.int32(0))
+      return compiled.run.lower(self.model.variables, units, keys, tv)
     finally:
       self.trace_count = traces
-
-  # --- the traced computation -------------------------------------------------
-
-  def _init(self, key) -> dict[str, Any]:
-    """Mahendran & Vedaldi: Gaussian noise rescaled to a fixed norm (here RMS per pixel = V).
-
-    Returns theta per stream; for pixels theta = z, for other
-    parameterisations noise whose pixels have the same RMS.
-    """
-    z = {}
-    for i, (s, _) in enumerate(sorted(self.streams.items())):
-      w = self.weights[s]
-      z[s] = self.params[s].init(jax.random.fold_in(key, i),
-                                 self.config.init_scale * w.v / w.bound)
-    return z
-
-  def _canvas(self, z) -> dict[str, jax.Array]:
-    """x = B * to_pixels(theta) on the whole canvas, in model input units."""
-    return {s: self.params[s].to_pixels(z[s]) * self.weights[s].bound for s in self.streams}
-
-  def _fit(self, x) -> dict[str, jax.Array]:
-    """Each stream's centre at its model size (a no-op when the margins match)."""
-    return {s: transforms_lib.center_crop({s: v}, self.streams[s].height,
-                                          self.streams[s].width)[s] for s, v in x.items()}
-
-  def _transformed(self, z, key) -> dict[str, jax.Array]:
-    """The per-step input: the transforms (keyed by `key`) of the canvas."""
-    return self._fit(self.transform(key, self._canvas(z)))
-
-  def _project(self, z):
-    return {s: self.params[s].project(v) for s, v in z.items()}
-
-  def _final(self, z) -> dict[str, jax.Array]:
-    """The result: the centre of the canvas, no transform."""
-    return self._fit(self._canvas(z))
-
-  def _optimizer(self):
-    cfg = self.config
-    return optax.adam(_schedule(cfg.optimizer, cfg.steps), b1=cfg.optimizer.b1,
-                      b2=cfg.optimizer.b2)
-
-  def _start(self, key):
-    """Initial state of one element: (theta, Adam state, jitter key)."""
-    k_init, k_jit = jax.random.split(key)
-    z = self._init(k_init)
-    return z, self._optimizer().init(z), k_jit
-
-  def _step(self, variables, unit, tv, state, step):
-    """One Adam step of one element; returns the new state and (objective, activation)."""
-    z, opt_state, k_jit = state
-    redirect_steps = self.config.redirect_relu_steps
-
-    def loss(z, key):
-      x = self._transformed(z, key)
-      with _network_context(step, redirect_steps,
-                            (self.layer, unit) if self.one_channel else None):
-        t = self.terms(variables, x, unit, tv)
-      return -t["objective"], t
-
-    grads, t = jax.grad(loss, has_aux=True)(z, jax.random.fold_in(k_jit, step))
-    updates, opt_state = self._optimizer().update(grads, opt_state, z)
-    z = self._project(optax.apply_updates(z, updates))
-    return (z, opt_state, k_jit), (t["objective"], t["activation"])
-
-  def _finish(self, variables, unit, tv, z):
-    """The result of one element: its input (centre, no transform) and activation."""
-    x = self._final(z)
-    with _cpu_rewrites():
-      return x, self.terms(variables, x, unit, tv)["activation"]
-
-  def _vmapped_step(self, variables, units, tv, state, step):
-    return jax.vmap(self._step, in_axes=(None, 0, 0, 0, None))(variables, units, tv, state,
-                                                                step)
-
-  def _run_chunk(self, variables, units, keys, tv):
-    """The whole optimisation of a chunk: a `lax.scan` over steps of the vmapped step
-    (the same arithmetic as a vmap of per-unit scans, and one place to report progress)."""
-    self.trace_count += 1  # runs only while tracing.
-
-    def body(state, step):
-      self.progress.in_loop(step)
-      return self._vmapped_step(variables, units, tv, state, step)
-
-    state, (obj, act) = jax.lax.scan(body, jax.vmap(self._start)(keys),
-                                     jnp.arange(self.config.steps))
-    x, activation = jax.vmap(self._finish, in_axes=(None, 0, 0, 0))(variables, units, tv,
-                                                                    state[0])
-    return x, activation, {"objective": obj.T, "activation": act.T}
-
-  def _step_chunk(self, variables, units, tv, state, step):
-    self.trace_count += 1  # runs only while tracing.
-    return self._vmapped_step(variables, units, tv, state, step)
-
-  def _host_loop(self, variables, units, keys, tv):
-    """The steps as a host loop over one compiled vmapped step (see `loop`)."""
-    state = self._start_j(keys)
-    objs, acts = [], []
-    for step in range(self.config.steps):
-      self.progress.tick(step)
-      state, (obj, act) = self._step_j(variables, units, tv, state, np.int32(step))
-      objs.append(obj)
-      acts.append(act)
-    x, activation = self._finish_j(variables, units, tv, state[0])
-    history = {"objective": jnp.stack(objs, axis=1), "activation": jnp.stack(acts, axis=1)}
-    return x, activation, history
 
   @property
   def loop(self) -> str:
@@ -304,6 +242,76 @@ class Visualizer:
     if loop not in ("scan", "host"):
       raise ValueError(f"unknown loop {loop!r}; valid: auto, scan, host")
     return loop
+
+  # --- the arguments of ascent.step -------------------------------------------
+
+  def _energy(self, terms, variables, unit, tv, only_channel=None) -> ascent.Energy:
+    """`terms` of `unit` under the network context of step i (see `_network_context`)."""
+    redirect_steps = self.config.redirect_relu_steps
+
+    def energy(x, i):
+      with _network_context(i, redirect_steps, only_channel):
+        return terms(variables, x, unit, tv)
+
+    return energy
+
+  def _measure(self, variables, unit, tv) -> Callable:
+    """The reported activation of a result: the target term of one input."""
+
+    def measure(x):
+      with _cpu_rewrites():
+        return self.terms(variables, x, unit, tv)["activation"]
+
+    return measure
+
+  # Units: element i optimises units[i] under tv[i], independently (vmap).
+
+  def _start_units(self, keys):
+    return jax.vmap(lambda key: ascent.init(self.canvas, self.tx, key))(keys)
+
+  def _step_units(self, args, state, i):
+    variables, units, tv = args
+
+    def one(unit, tv, state):
+      only_channel = (self.layer, unit) if self.one_channel else None
+      energy = self._energy(self.terms, variables, unit, tv, only_channel)
+      return ascent.step(self.canvas, self.tx, energy, state, i)
+
+    return jax.vmap(one)(units, tv, state)
+
+  def _finish_units(self, args, state):
+    variables, units, tv = args
+    one = lambda unit, tv, state: ascent.finish(
+        self.canvas, self._measure(variables, unit, tv), state)
+    return jax.vmap(one)(units, tv, state)
+
+  # Diverse samples: K samples of one unit, coupled (see run_diverse).
+
+  @functools.cached_property
+  def compiled_samples(self) -> Compiled:
+    """The compiled optimisation of `run_diverse`: args `(variables, unit, tv, weight)`."""
+    layer = self.config.objective.diversity_layer or self.layer
+    try:
+      self.model.spec.check_layer(layer)
+    except ValueError as e:
+      raise ValueError(f"objective.diversity_layer: {e}") from None
+    diversity = objective_lib.diversity(layer)
+    canvas = self.canvas.batched()
+
+    def start(keys):
+      return ascent.init(canvas, self.tx, keys)
+
+    def step(args, state, i):
+      variables, unit, tv, weight = args
+      terms = objective_lib.regularized_batch(self.apply, self.target + weight * diversity,
+                                              self.weights)
+      return ascent.step(canvas, self.tx, self._energy(terms, variables, unit, tv), state, i)
+
+    def finish(args, state):
+      variables, unit, tv, _ = args
+      return ascent.finish(canvas, jax.vmap(self._measure(variables, unit, tv)), state)
+
+    return Compiled(self, start, step, finish, steps_axis=0)
 
   # --- the public loop ---------------------------------------------------------
 
@@ -343,10 +351,7 @@ class Visualizer:
     if sharding is not None:
       units, keys, tv = jax.device_put((units, keys, tv), sharding)
       variables = jax.device_put(variables, replicated)
-    run = self._run if self.loop == "scan" else self._host_loop
-    self.progress.start(f"{self.layer}: {len(units)} unit(s)", self.config.steps)
-    out = jax.device_get(run(variables, units, keys, tv))
-    self.last_timing = self.progress.finish()
+    out = self.compiled_units(f"{self.layer}: {len(units)} unit(s)", variables, units, keys, tv)
     _check_finite(out[2]["objective"], np.asarray(jax.device_get(units)))
     return out
 
@@ -379,104 +384,6 @@ class Visualizer:
                   activations=np.asarray(act), history=dict(hist),
                   a_hat_given=a_hat_given(self.config),
                   seed=seed, settings=settings)
-
-
-class _DiverseSamples:
-  """The compiled optimisation of `run_diverse` for one `Visualizer`.
-
-  K samples of one unit optimised jointly: the ascended quantity is
-  sum_k E(x_k) + w * diversity(G_1..G_K). The unit, the sample keys, kappa/gamma
-  and w are traced, so every unit and weight of a run reuses one compilation
-  (counted in `Visualizer.trace_count`). The network runs in
-  `config.compute_dtype`; `config.loop` chooses `lax.scan` or a host loop
-  over one compiled step, as for `Visualizer.run`.
-  """
-
-  def __init__(self, vis: "Visualizer"):
-    cfg = vis.config
-    self.vis = vis
-    self.tx = optax.adam(_schedule(cfg.optimizer, cfg.steps), b1=cfg.optimizer.b1,
-                         b2=cfg.optimizer.b2)
-    layer = cfg.objective.diversity_layer or vis.layer
-    try:
-      vis.model.spec.check_layer(layer)
-    except ValueError as e:
-      raise ValueError(f"objective.diversity_layer: {e}") from None
-    self.diversity = objective_lib.diversity(layer)
-    self.apply = with_compute_dtype(vis.model.apply, cfg.compute_dtype)
-    self._run_j = jax.jit(self._run)
-    self._start_j = jax.jit(self._start)
-    self._step_j = jax.jit(self._step_traced, donate_argnums=(4,))
-    self._finish_j = jax.jit(self._finish)
-
-  def _start(self, keys):
-    """(theta, Adam state, jitter keys) of the K samples; Adam is elementwise, so
-    one optimiser over the batch is K separate ones."""
-    k_init, k_jit = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
-    z = jax.vmap(self.vis._init)(k_init)
-    return z, self.tx.init(z), k_jit
-
-  def _step(self, variables, unit, tv, weight, state, step):
-    vis = self.vis
-    z, opt_state, k_jit = state
-    terms = objective_lib.regularized_batch(
-        self.apply, vis.target + weight * self.diversity, vis.weights)
-    redirect_steps = vis.config.redirect_relu_steps
-
-    def loss(z):
-      x = jax.vmap(lambda zk, kk: vis._transformed(zk, jax.random.fold_in(kk, step)))(z, k_jit)
-      with _network_context(step, redirect_steps):
-        t = terms(variables, x, unit, tv)
-      return -t["objective"], t
-
-    grads, t = jax.grad(loss, has_aux=True)(z)
-    updates, opt_state = self.tx.update(grads, opt_state, z)
-    z = jax.vmap(vis._project)(optax.apply_updates(z, updates))
-    return (z, opt_state, k_jit), (t["objective"], t["activation"])
-
-  def _step_traced(self, variables, unit, tv, weight, state, step):
-    self.vis.trace_count += 1  # runs only while tracing.
-    return self._step(variables, unit, tv, weight, state, step)
-
-  def _finish(self, variables, unit, tv, z):
-    """Each sample's input (centre, no transform) and its own target activation."""
-    vis = self.vis
-    x = jax.vmap(vis._final)(z)
-    with _cpu_rewrites():
-      act = jax.vmap(lambda xk: vis.terms(variables, xk, unit, tv)["activation"])(x)
-    return x, act
-
-  def _run(self, variables, unit, keys, tv, weight):
-    self.vis.trace_count += 1  # runs only while tracing.
-
-    def body(state, step):
-      self.vis.progress.in_loop(step)
-      return self._step(variables, unit, tv, weight, state, step)
-
-    state, (obj, act) = jax.lax.scan(body, self._start(keys), jnp.arange(self.vis.config.steps))
-    x, final = self._finish(variables, unit, tv, state[0])
-    return x, final, {"objective": obj, "activation": act}
-
-  def __call__(self, variables, unit, keys, tv, weight):
-    self.vis.progress.start(f"{self.vis.layer}: unit {int(unit)} x {len(keys)} samples",
-                            self.vis.config.steps)
-    try:
-      return self._call(variables, unit, keys, tv, weight)
-    finally:
-      self.vis.last_timing = self.vis.progress.finish()
-
-  def _call(self, variables, unit, keys, tv, weight):
-    if self.vis.loop == "scan":
-      return self._run_j(variables, unit, keys, tv, weight)
-    state = self._start_j(keys)
-    objs, acts = [], []
-    for step in range(self.vis.config.steps):
-      self.vis.progress.tick(step)
-      state, (obj, act) = self._step_j(variables, unit, tv, weight, state, np.int32(step))
-      objs.append(obj)
-      acts.append(act)
-    x, final = self._finish_j(variables, unit, tv, state[0])
-    return x, final, {"objective": jnp.stack(objs), "activation": jnp.stack(acts)}
 
 
 def run_diverse(vis: "Visualizer", unit: int, samples: int, seed: int = 0,
@@ -524,10 +431,9 @@ def run_diverse(vis: "Visualizer", unit: int, samples: int, seed: int = 0,
   base = jax.random.fold_in(jax.random.PRNGKey(seed), unit)
   keys = jax.vmap(lambda k: jax.random.fold_in(base, k))(jnp.arange(samples))
   tv_arr = {s: tuple(jnp.float32(v) for v in settings[s]) for s in vis.streams}
-  if not hasattr(vis, "_diverse"):
-    vis._diverse = _DiverseSamples(vis)
-  x, act, hist = jax.device_get(vis._diverse(
-      vis.model.variables, jnp.int32(unit), keys, tv_arr, jnp.float32(weight)))
+  x, act, hist = vis.compiled_samples(
+      f"{vis.layer}: unit {int(unit)} x {samples} samples", vis.model.variables,
+      jnp.int32(unit), keys, tv_arr, jnp.float32(weight))
   obj = np.asarray(hist["objective"])[None]
   _check_finite(obj, np.array([unit]))
   return Result(layer=vis.layer, units=np.full(samples, unit, np.int32),

@@ -116,7 +116,7 @@ def _compiled_step_hlo(model, layer):
   units = jnp.zeros((2,), jnp.int32)
   keys = jax.random.split(jax.random.PRNGKey(0), 2)
   tv = {s: (jnp.ones(2), jnp.ones(2)) for s in model.spec.streams}
-  return vis._run.lower(model.variables, units, keys, tv).compile().as_text()
+  return vis.compiled_units.run.lower(model.variables, units, keys, tv).compile().as_text()
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rewrite is for XLA:CPU")

@@ -42,7 +42,7 @@ def test_progress_off_adds_no_callback_to_the_loop():
     units = np.array([0], np.int32)
     keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.PRNGKey(0), c))(units)
     tv = {s: (np.ones(1, np.float32), np.zeros(1, np.float32)) for s in model.spec.streams}
-    texts[name] = str(jax.make_jaxpr(vis._run_chunk)(model.variables, units, keys, tv))
+    texts[name] = str(jax.make_jaxpr(vis.compiled_units.scan)(model.variables, units, keys, tv))
   assert "callback" in texts["on"] and "callback" not in texts["off"]
 
 
