@@ -38,8 +38,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from stviz_jax.models import base, checkpoint, registry
+from stviz_jax.models.zoo import two_stream
 from stviz_jax.models.netgraph import (Concat, Conv, Dense, Graph, Pool,
-                                       StreamInput, build, labels_for, scaled)
+                                       build, labels_for, scaled)
 
 # Per block: (1x1, 3x3_reduce, 3x3, double_3x3_reduce, double_3x3_1/2,
 #             pool kind, pool_proj); 1x1 = 0 marks a stride-2 reduction block.
@@ -139,30 +140,15 @@ def tsn_bn_inception_graph(size: int = 224, flow_stack: int = 5,
                            logit_weights: Sequence[float] | None = None,
                            width: float = 1.0) -> Graph:
   """The layer graph of `tsn_bn_inception` (arguments as there)."""
-  return late_fusion("tsn_bn_inception", bn_inception_layers, size, flow_stack,
-                     num_classes, streams, logit_weights, width, "fc-action")
+  return tsn_late_fusion("tsn_bn_inception", bn_inception_layers, size, flow_stack,
+                         num_classes, streams, logit_weights, width, "fc-action")
 
 
-def late_fusion(name, tower_fn, size, flow_stack, num_classes, streams,
-                logit_weights, width, classifier) -> Graph:
-  """A late-fusion pair of Caffe towers (the TSN models): one `Model`."""
-  streams = tuple(streams)
-  if not streams or any(s not in ("rgb", "flow") for s in streams):
-    raise ValueError(f"{name}: streams {streams} invalid; choose from "
-                     "('rgb', 'flow')")
-  default_weights = {"rgb": 1.0, "flow": 1.5}
+def tsn_late_fusion(name, tower_fn, size, flow_stack, num_classes, streams,
+                    logit_weights, width, classifier) -> Graph:
+  """A TSN pair of Caffe towers (BN-Inception, Inception-v3): rgb weight 1, flow 1.5."""
   specs = {"rgb": base.StreamSpec(1, size, size, 3, _MEAN_PIXELS),
            "flow": base.StreamSpec(flow_stack, size, size, 2, _FLOW_PIXELS)}
-  nodes, taps, logits, inputs = [], [], [], []
-  for s in streams:
-    tower = tower_fn(f"{s}/", f"{s}/data", width, num_classes)
-    nodes += tower
-    taps += [n.top or n.name for n in tower]
-    logits.append(f"{s}/{classifier}")
-    inputs.append(StreamInput(s, f"{s}/data", 1,
-                              flow_stack if s == "flow" else 0, bgr=s == "rgb"))
-  return Graph(name, nodes=tuple(nodes), taps=tuple(taps), logits=tuple(logits),
-               streams={s: specs[s] for s in streams}, inputs=tuple(inputs),
-               logit_weights=tuple(logit_weights or
-                                   [default_weights[s] for s in streams]),
-               bn_eps=1e-5)
+  return two_stream.late_fusion(
+      name, streams, lambda s: tower_fn(f"{s}/", f"{s}/data", width, num_classes),
+      lambda s: f"{s}/{classifier}", specs, logit_weights, {"rgb": 1.0, "flow": 1.5})

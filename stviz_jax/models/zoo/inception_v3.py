@@ -38,7 +38,7 @@ from typing import Sequence
 from stviz_jax.models import base, checkpoint, registry
 from stviz_jax.models.netgraph import (Concat, Conv, Dense, Graph, Pool,
                                        build, scaled)
-from stviz_jax.models.zoo.bn_inception import late_fusion
+from stviz_jax.models.zoo.bn_inception import tsn_late_fusion
 
 
 def inception_v3_layers(prefix: str, bottom: str, width: float,
@@ -193,5 +193,5 @@ def tsn_inception_v3_graph(size: int = 299, flow_stack: int = 5,
                            width: float = 1.0) -> Graph:
   """The layer graph of `tsn_inception_v3` (arguments as there)."""
   _check_size(size)
-  return late_fusion("tsn_inception_v3", inception_v3_layers, size, flow_stack,
-                     num_classes, streams, logit_weights, width, "fc_action")
+  return tsn_late_fusion("tsn_inception_v3", inception_v3_layers, size, flow_stack,
+                         num_classes, streams, logit_weights, width, "fc_action")

@@ -48,8 +48,9 @@ minus 128), as for `vgg16_fusion`.
 from __future__ import annotations
 
 from stviz_jax.models import base, checkpoint, registry
+from stviz_jax.models.zoo import two_stream
 from stviz_jax.models.netgraph import (Add, Conv, Dense, Graph, Pool,
-                                       StreamInput, build, labels_for, scaled)
+                                       build, labels_for, scaled)
 
 # (stage, units, bottleneck channels, output channels, first stride)
 RESNET50_STAGES = ((2, 3, 64, 256, 1), (3, 4, 128, 512, 2),
@@ -153,13 +154,7 @@ def st_resnet50_graph(frames: int = 5, size: int = 224, flow_stack: int = 10,
   flow = resnet50_layers("flow/", "flow/data", width, frames, num_classes)
   rgb = resnet50_layers("rgb/", "rgb/data", width, frames, num_classes,
                         fuse_from="flow/")
-  streams = {
-      "rgb": base.StreamSpec(frames, size, size, 3, _PIXELS),
-      "flow": base.StreamSpec((frames - 1) * flow_stride + flow_stack, size,
-                              size, 2, _PIXELS),
-  }
-  inputs = (StreamInput("rgb", "rgb/data", frames),
-            StreamInput("flow", "flow/data", frames, flow_stack, flow_stride))
+  streams, inputs = two_stream.fusion_streams(frames, size, flow_stack, flow_stride, _PIXELS)
   return Graph("st_resnet50", nodes=tuple(flow + rgb),
                taps=tuple(_taps(rgb) + _taps(flow)), logits=("rgb/prediction",),
                streams=streams, inputs=inputs, bn_eps=1e-5)

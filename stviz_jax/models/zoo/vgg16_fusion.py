@@ -47,8 +47,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from stviz_jax.models import base, checkpoint, registry
+from stviz_jax.models.zoo import two_stream
 from stviz_jax.models.netgraph import (Concat, Conv, Dense, Graph, Pool,
-                                       StreamInput, build, labels_for, scaled)
+                                       build, labels_for, scaled)
 
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512),
                 (512, 512, 512))
@@ -127,13 +128,7 @@ def vgg16_fusion_graph(frames: int = 5, size: int = 224, flow_stack: int = 10,
   nodes = flow_tower + flow_head + rgb_tower + fusion
   taps = (_tops(rgb_tower) + _tops(flow_tower) + _tops(fusion)
           + _tops(flow_head))
-  streams = {
-      "rgb": base.StreamSpec(frames, size, size, 3, _PIXELS),
-      "flow": base.StreamSpec((frames - 1) * flow_stride + flow_stack, size,
-                              size, 2, _PIXELS),
-  }
-  inputs = (StreamInput("rgb", "rgb/data", frames),
-            StreamInput("flow", "flow/data", frames, flow_stack, flow_stride))
+  streams, inputs = two_stream.fusion_streams(frames, size, flow_stack, flow_stride, _PIXELS)
   return Graph("vgg16_fusion", nodes=tuple(nodes), taps=tuple(taps),
                logits=("fc8",), streams=streams, inputs=inputs)
 
@@ -168,26 +163,16 @@ def vgg16_two_stream_graph(size: int = 224, flow_stack: int = 10,
                            logit_weights: Sequence[float] | None = None,
                            width: float = 1.0) -> Graph:
   """The layer graph of `vgg16_two_stream` (arguments as there)."""
-  streams = tuple(streams)
-  bad = [s for s in streams if s not in ("rgb", "flow")]
-  if bad or not streams:
-    raise ValueError(f"vgg16_two_stream: streams {streams} invalid; choose from "
-                     "('rgb', 'flow')")
   specs = {"rgb": base.StreamSpec(1, size, size, 3, _PIXELS),
            "flow": base.StreamSpec(flow_stack, size, size, 2, _PIXELS)}
-  nodes, taps, logits, inputs = [], [], [], []
-  for s in streams:
-    tower = vgg16_layers(f"{s}/", f"{s}/data", width, ceil_mode=True)
-    tower += _head(f"{s}/", f"{s}/pool5", width, num_classes,
-                   fc8="fc8-1" if s == "rgb" else "fc8")
-    nodes += tower
-    taps += _tops(tower)
-    logits.append(tower[-1].name)
-    inputs.append(StreamInput(s, f"{s}/data", 1, flow_stack if s == "flow" else 0,
-                              bgr=s == "rgb"))
-  return Graph("vgg16_two_stream", nodes=tuple(nodes), taps=tuple(taps),
-               logits=tuple(logits), streams={s: specs[s] for s in streams},
-               inputs=tuple(inputs),
-               logit_weights=tuple(logit_weights or (1.0,) * len(streams)))
+
+  def tower(s):
+    layers = vgg16_layers(f"{s}/", f"{s}/data", width, ceil_mode=True)
+    return layers + _head(f"{s}/", f"{s}/pool5", width, num_classes,
+                          fc8="fc8-1" if s == "rgb" else "fc8")
+
+  classifier = lambda s: "rgb/fc8-1" if s == "rgb" else "flow/fc8"
+  return two_stream.late_fusion("vgg16_two_stream", streams, tower, classifier, specs,
+                                logit_weights, {"rgb": 1.0, "flow": 1.0})
 
 
