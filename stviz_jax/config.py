@@ -32,6 +32,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.loop = "scan"                 # steps: scan | host (one compiled step per call; profiling).
   c.compute_dtype = "float32"     # network forward/backward dtype: float32 | bfloat16.
   c.progress_every = 10.0         # log step, s/step and ETA inside a chunk every N s (0 = off).
+  c.progress_bar = True           # a progress bar over units / pairs (terminal or notebook).
 
   c.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=0.05,         # in units of the bound B (inputs are optimised as x / B).

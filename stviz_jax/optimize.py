@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import time
 from typing import Callable, Mapping, Sequence
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -369,15 +367,12 @@ class Visualizer:
     padded = np.concatenate([units, np.full(n_chunks * chunk - units.size, units[-1],
                                             np.int32)])
     outs = []
-    t0 = time.time()
-    for i in range(n_chunks):
-      u = padded[i * chunk:(i + 1) * chunk]
-      outs.append(self.run_chunk(u, [settings] * chunk, seed))
-      if log_progress:
-        done = min((i + 1) * chunk, units.size)
-        rate = done / (time.time() - t0)
-        logging.info("%s: %d/%d units, %.2f units/s, ETA %.0fs", self.layer, done,
-                     units.size, rate, (units.size - done) / rate)
+    with progress_lib.Bar(self.layer, units.size, "unit",
+                          log_progress and self.config.progress_bar) as bar:
+      for i in range(n_chunks):
+        u = padded[i * chunk:(i + 1) * chunk]
+        outs.append(self.run_chunk(u, [settings] * chunk, seed))
+        bar.update(chunk, log=log_progress)
     n = units.size
     x, act, hist = jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
     return Result(layer=self.layer, units=units, inputs=dict(x),

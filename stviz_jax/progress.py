@@ -75,3 +75,47 @@ class StepProgress:
     """Traced: reports `step` to `tick` (nothing when disabled)."""
     if self.enabled:
       jax.debug.callback(self.tick, step)
+
+
+class Bar:
+  """Progress of a loop over `total` items (units, (unit, setting) pairs, clips).
+
+  A `tqdm.auto` bar with rate and ETA, which draws in a terminal and as a
+  widget in Jupyter / Colab, and an absl log line per `update` (for log
+  files). `enabled=False` prints nothing (the log lines stay); `TQDM_DISABLE=1`
+  in the environment also turns the bar off. Items restored rather than
+  computed (`skip`) advance the bar but not the rate.
+  """
+
+  def __init__(self, desc: str, total: int, unit: str, enabled: bool = True):
+    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel  # picks the notebook bar at run time.
+    self.desc, self.total, self.unit = desc, int(total), unit
+    self.bar = tqdm(total=self.total, desc=desc, unit=unit, disable=not enabled,
+                    dynamic_ncols=True)
+    self.done = self.computed = 0
+    self.t0 = time.time()
+
+  def skip(self, n: int) -> None:
+    """`n` items already done (e.g. restored from a checkpoint)."""
+    self.done += n
+    self.bar.update(n)
+
+  def update(self, n: int, log: bool = True) -> None:
+    """`n` more items computed; logs done/total, rate and ETA when `log`."""
+    n = min(n, self.total - self.done)
+    self.done += n
+    self.computed += n
+    self.bar.update(n)
+    if log:
+      rate = self.computed / max(time.time() - self.t0, 1e-9)
+      logging.info("%s: %d/%d %ss, %.2f %ss/s, ETA %.0fs", self.desc, self.done, self.total,
+                   self.unit, rate, self.unit, (self.total - self.done) / max(rate, 1e-9))
+
+  def close(self) -> None:
+    self.bar.close()
+
+  def __enter__(self) -> "Bar":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

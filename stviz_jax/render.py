@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Mapping, Sequence
 
 import imageio.v3 as iio
@@ -174,13 +175,28 @@ def grid(tiles: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-  files.write_bytes(path, iio.imwrite("<bytes>", image, extension=".png"))
+  files.write_bytes(path, encode(image[None], "png"))
 
 
 def save_gif(path: str, frames: np.ndarray, fps: float = DEFAULT_FPS) -> None:
   """Looping GIF of `(T, H, W, 3)` uint8 frames."""
-  files.write_bytes(path, iio.imwrite("<bytes>", frames, extension=".gif",
-                                  duration=1000.0 / fps, loop=0))
+  files.write_bytes(path, encode(frames, "gif", fps))
+
+
+def encode(frames: np.ndarray, fmt: str, fps: float = DEFAULT_FPS) -> bytes:
+  """The bytes of `(T, H, W, 3)` uint8 frames as a file of format `fmt`: "png"
+  (the middle frame), "gif", "mp4" or "webm" (looping videos)."""
+  if fmt == "png":
+    return iio.imwrite("<bytes>", frames[len(frames) // 2], extension=".png")
+  if fmt == "gif":
+    return iio.imwrite("<bytes>", frames, extension=".gif", duration=1000.0 / fps, loop=0)
+  if fmt not in VIDEO_FORMATS:
+    raise ValueError(f"unknown media format {fmt!r}; valid: png, " + ", ".join(VIDEO_FORMATS))
+  with tempfile.TemporaryDirectory(prefix="stviz_encode_") as tmp:
+    path = os.path.join(tmp, f"clip.{fmt}")
+    save_video(path, frames, fps)
+    with open(path, "rb") as f:
+      return f.read()
 
 
 # H.264 in MP4 plays everywhere (browsers, slides, players); VP9 in WebM is the

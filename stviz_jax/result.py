@@ -49,6 +49,11 @@ class Result:
         settings=self.settings,
         config=json.loads(config.to_json()) if config is not None else None, weights=weights))
 
+  def _repr_html_(self) -> str:
+    """Jupyter / Colab display: the clips playing, labelled (`stviz_jax.notebook.show`)."""
+    from stviz_jax import notebook  # rendering needs imageio; a Result alone does not.
+    return notebook.show(self)._repr_html_()
+
   @classmethod
   def load(cls, path: str) -> "Result":
     """The Result `save` wrote (schema: `layout.result_arrays`)."""

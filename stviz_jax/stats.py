@@ -40,7 +40,6 @@ import concurrent.futures
 import dataclasses
 import json
 import os
-import time
 from typing import Any, Mapping, Sequence
 
 from absl import app, flags, logging
@@ -50,6 +49,7 @@ import ml_collections
 import numpy as np
 
 from stviz_jax import files, models, render
+from stviz_jax import progress as progress_lib
 from stviz_jax.a_hat import check_stats_file
 from stviz_jax.data import clips as clips_lib
 from stviz_jax.models import LOGITS
@@ -199,7 +199,8 @@ def _fingerprint(dataset) -> str:
 
 def compute(model: models.Model, dataset: clips_lib.ClipDataset, layers: Sequence[str],
             *, batch_size: int = 32, top_k: int = 8, state_path: str | None = None,
-            checkpoint_every: int = 10, log_every: int = 10) -> UnitStats:
+            checkpoint_every: int = 10, log_every: int = 10,
+            progress_bar: bool = True) -> UnitStats:
   """One pass over `dataset`: a_hat, top-k clips and per-class maximum per unit.
 
   Args:
@@ -213,6 +214,7 @@ def compute(model: models.Model, dataset: clips_lib.ClipDataset, layers: Sequenc
       model, layers, dataset, batch size and top_k, the pass resumes from it.
     checkpoint_every: batches between checkpoints.
     log_every: batches between progress lines.
+    progress_bar: show a progress bar (terminal or notebook).
 
   Returns:
     A `UnitStats`.
@@ -258,8 +260,9 @@ def compute(model: models.Model, dataset: clips_lib.ClipDataset, layers: Sequenc
                          f"{model.name!r} expects {spec.shape}")
     return inputs, np.asarray(labels, np.int32), idx.astype(np.int32), valid
 
-  t0 = time.time()
-  with concurrent.futures.ThreadPoolExecutor(1) as pool:  # decode batch b+1 during b.
+  bar = progress_lib.Bar("statistics", n, "clip", progress_bar)
+  bar.skip(min(start * batch_size, n))
+  with bar, concurrent.futures.ThreadPoolExecutor(1) as pool:  # decode batch b+1 during b.
     pending = pool.submit(load, start) if start < n_batches else None
     for b in range(start, n_batches):
       inputs, labels, idx, valid = pending.result()
@@ -268,12 +271,10 @@ def compute(model: models.Model, dataset: clips_lib.ClipDataset, layers: Sequenc
       done = b + 1
       if state_path and (done % checkpoint_every == 0) and done < n_batches:
         _save_state(state_path, state, done, fingerprint)
-      if done % log_every == 0 or done == n_batches:
+      log = done % log_every == 0 or done == n_batches
+      if log:
         jax.block_until_ready(state)
-        clips = min(done * batch_size, n)
-        rate = (done - start) * batch_size / max(time.time() - t0, 1e-9)
-        logging.info("statistics: batch %d/%d, %d/%d clips, %.1f clips/s, ETA %.0fs",
-                     done, n_batches, clips, n, rate, (n - clips) / max(rate, 1e-9))
+      bar.update(min(done * batch_size, n) - bar.done, log=log)
   state = jax.device_get(state)
   if state_path:
     _save_state(state_path, state, n_batches, fingerprint)

@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from stviz_jax import config as config_lib
 from stviz_jax import files
+from stviz_jax import progress as progress_lib
 from stviz_jax.models import checkpoint
 from stviz_jax.optimize import Visualizer
 from stviz_jax.plan import a_hat_given
@@ -199,36 +200,34 @@ def run_sweep(vis: Visualizer, units: Sequence[int],
   outs = []
   t0 = time.time()
   compile_s = 0.0
-  computed = 0
-  for i in range(n_chunks):
-    part = padded[i * chunk:(i + 1) * chunk]
-    if i in done:
-      try:
-        restored = store.restore(i)
-        jax.tree.map(np.asarray, restored)  # a corrupt chunk fails here, not later.
-        outs.append(restored)
-        continue
-      except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many types.
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        logging.warning("%s: checkpoint chunk %d (%s) cannot be restored (%s: %s); "
-                        "recomputing it", vis.layer, i, store.chunk_path(i),
-                        type(e).__name__, first)
-        store.discard(i)
-        done.discard(i)
-    traces = vis.trace_count
-    out = vis.run_chunk(np.array([u for u, _ in part], np.int32),
-                        [full[k] for _, k in part], seed, sharding, replicated)
-    if vis.trace_count > traces:
-      compile_s = vis.last_timing[0]  # start-up of the call that compiled.
-    if store:
-      store.save(i, out)
-    outs.append(out)
-    computed += 1
-    n_done = min((i + 1) * chunk, len(elements))
-    rate = computed * chunk / (time.time() - t0)
-    logging.info("%s: chunk %d/%d, %d/%d (unit, setting) pairs, %.2f units/s, ETA %.0fs",
-                 vis.layer, i + 1, n_chunks, n_done, len(elements), rate,
-                 (len(elements) - n_done) / max(rate, 1e-9))
+  with progress_lib.Bar(f"{vis.layer}: sweep", len(elements), "pair",
+                         bool(config_lib.complete(config).progress_bar)) as bar:
+    for i in range(n_chunks):
+      part = padded[i * chunk:(i + 1) * chunk]
+      n_part = min(chunk, len(elements) - i * chunk)
+      if i in done:
+        try:
+          restored = store.restore(i)
+          jax.tree.map(np.asarray, restored)  # a corrupt chunk fails here, not later.
+          outs.append(restored)
+          bar.skip(n_part)
+          continue
+        except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many types.
+          first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+          logging.warning("%s: checkpoint chunk %d (%s) cannot be restored (%s: %s); "
+                          "recomputing it", vis.layer, i, store.chunk_path(i),
+                          type(e).__name__, first)
+          store.discard(i)
+          done.discard(i)
+      traces = vis.trace_count
+      out = vis.run_chunk(np.array([u for u, _ in part], np.int32),
+                          [full[k] for _, k in part], seed, sharding, replicated)
+      if vis.trace_count > traces:
+        compile_s = vis.last_timing[0]  # start-up of the call that compiled.
+      if store:
+        store.save(i, out)
+      outs.append(out)
+      bar.update(n_part)
   total = time.time() - t0
   logging.info("%s: sweep of %d pairs done in %.1fs (of which compilation %.1fs, "
                "%d chunks restored, %d compilation(s))", vis.layer, len(elements), total,
