@@ -164,6 +164,27 @@ def test_unit_and_index_pages_load_all_media(browser, run_dir, tmp_path):
   assert shot.std() > 10                                 # something was drawn
 
 
+def test_served_pages_play_every_clip(browser, run_dir, tmp_path):
+  """`--serve`: the same pages over HTTP (for browsers that block file:// video)."""
+  from stviz_jax.gallery import serve
+  httpd = serve.serve_in_thread(run_dir)
+  try:
+    for page in ("index.html", "gallery/fusion/index.html", "gallery/fusion/unit_0002.html"):
+      browser.get(serve.url(httpd, page))
+      state = _wait_loaded(browser)
+      browser.save_screenshot(str(tmp_path / (page.replace("/", "_") + ".png")))
+      _assert_loaded(state)
+      assert all(m["src"].startswith("http://127.0.0.1:") for m in state["imgs"] + state["vids"])
+      if page != "index.html":
+        assert state["vids"]
+        playing = browser.execute_script(
+            "return Array.from(document.querySelectorAll('video')).map(v => !v.paused)")
+        assert all(playing)
+  finally:
+    httpd.shutdown()
+    httpd.server_close()
+
+
 @pytest.fixture(scope="module")
 def many_units_dir(tmp_path_factory):
   """A gallery of 24 units (synthetic inputs, no optimisation)."""

@@ -5,7 +5,13 @@ Command (also run automatically at the end of `stviz_jax.main`):
   python -m stviz_jax.gallery --workdir=DIR [--stats=PATH] [--encodings=rgb,hsv]
 
 then open `DIR/index.html` in a browser, straight from the filesystem
-(file://, no server, no network). Pages:
+(file://, no server, no network). For browsers that will not play video from
+file:// (Safari), or to open it from another machine through a tunnel, serve it:
+
+  python -m stviz_jax.gallery --serve=DIR [--port=8000] [--host=127.0.0.1]
+
+(standard library HTTP with byte ranges; `--workdir=DIR --serve=DIR` builds,
+then serves). Pages:
 
   DIR/index.html                       the run: model, seed, config, one card per layer
   DIR/gallery/<layer>/index.html       a tile per unit: appearance image(s) and the

@@ -14,6 +14,7 @@ from stviz_jax.gallery.media import (DEFAULT_FORMATS, FIGURE_UNITS, ensure_media
                                      layer_plots, stale)
 from stviz_jax.gallery.pages import (asset, class_names_of, compare_page, index_page, layer_page,
                                      unit_page, write)
+from stviz_jax.gallery import serve
 from stviz_jax.gallery.runs import COMPARE_DIR, GALLERY_DIR, LOGITS, discover, read_json
 
 
@@ -121,16 +122,26 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {list(argv)[1:]}")
   logging.set_verbosity(logging.INFO)
   f = flags.FLAGS
+  if not f.workdir and not f.serve:
+    raise app.UsageError("give --workdir=DIR (build its gallery) and/or --serve=DIR "
+                         "(serve a built gallery over HTTP)")
   # Bad input is one line, no traceback (stviz_jax.cli).
-  build(f.workdir, stats=f.stats or None,
-        encodings=[e.strip() for e in f.encodings.split(",") if e.strip()],
-        fps=f.fps, figure_units=f.figure_units, compare=f.compare or None)
+  if f.workdir:
+    build(f.workdir, stats=f.stats or None,
+          encodings=[e.strip() for e in f.encodings.split(",") if e.strip()],
+          fps=f.fps, figure_units=f.figure_units, compare=f.compare or None)
+  if f.serve:
+    if not os.path.isfile(os.path.join(f.serve, "index.html")):
+      raise FileNotFoundError(f"--serve {f.serve}: no index.html (build it first: "
+                              f"--workdir={f.serve} --serve={f.serve})")
+    serve.serve(f.serve, f.host, f.port)
 
 
 def define_flags() -> None:
   # Defined only when run as a program: the job imports this module under its
   # own flags (--workdir among them).
-  flags.DEFINE_string("workdir", None, "Work directory of a run (stviz_jax.main).")
+  flags.DEFINE_string("workdir", None, "Work directory of a run (stviz_jax.main): build "
+                      "its gallery.")
   flags.DEFINE_string("stats", "", "Optional statistics file (JSON or npz).")
   flags.DEFINE_string("encodings", "rgb", "Flow colourings, comma separated: rgb, hsv.")
   flags.DEFINE_float("fps", render.DEFAULT_FPS,
@@ -138,4 +149,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("figure_units", FIGURE_UNITS, "Rows of each layer's figure.")
   flags.DEFINE_string("compare", "", "Class units side by side: 'A:B;C:D' (class names or "
                       "indices); default: the run's config.gallery.compare.")
-  flags.mark_flag_as_required("workdir")
+  flags.DEFINE_string("serve", None, "Serve the built gallery of this work directory over "
+                      "HTTP (for browsers that block file:// video); after --workdir's build.")
+  flags.DEFINE_string("host", "127.0.0.1", "Address --serve listens on (localhost only by "
+                      "default; 0.0.0.0 shares it on the network).")
+  flags.DEFINE_integer("port", 8000, "Port of --serve (0: any free port).")
