@@ -72,7 +72,7 @@ def show(result, *, encoding: str = "rgb", fmt: str = "mp4", fps: float = render
     fmt: "mp4" (plays in every browser), "webm", "gif" or "png" (middle frame).
     fps: frame rate.
     height: displayed clip height in pixels (integer nearest-neighbour upscaling).
-    class_names: names of the logits (e.g. `model.spec.labels`), to label class units.
+    class_names: names of the logits (e.g. `model.labels`), to label class units.
     units: show only these units (default all).
 
   Returns:
@@ -84,6 +84,7 @@ def show(result, *, encoding: str = "rgb", fmt: str = "mp4", fps: float = render
   if not rows:
     raise ValueError(f"show: none of units {list(units)} is in the result "
                      f"(units: {[int(u) for u in result.units]})")
+  class_names = result.class_names if class_names is None else class_names
   setting = layout.setting_label(layout.setting_name(result.settings)) if result.settings else ""
   head = "".join(f"<th>{html.escape(s)}</th>" for s in ["unit"] + streams + ["activation"])
   body = []

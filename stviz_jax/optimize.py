@@ -40,7 +40,7 @@ from stviz_jax import param as param_lib
 from stviz_jax import progress as progress_lib
 from stviz_jax import regularizers
 from stviz_jax import transforms as transforms_lib
-from stviz_jax.models import Model, conv as conv_lib, layers as layers_lib
+from stviz_jax.models import LOGITS, Model, conv as conv_lib, layers as layers_lib
 @contextlib.contextmanager
 def _network_context(step, redirect_steps: int, only_channel=None):
   """Trace-time settings of the network pass inside one optimisation step.
@@ -198,6 +198,11 @@ class Visualizer:
     self.compiled_units = Compiled(self, self._start_units, self._step_units,
                                    self._finish_units, steps_axis=1)
     self.loop  # validates config.loop early.
+
+  @property
+  def class_names(self) -> tuple[str, ...] | None:
+    """The model's class names when the layer is the logits (labels results)."""
+    return tuple(self.model.labels) if self.layer == LOGITS and self.model.labels else None
 
   def default_tv(self) -> dict[str, tuple[float, float]]:
     return {s: (w.kappa, w.gamma) for s, w in self.weights.items()}
@@ -378,7 +383,7 @@ class Visualizer:
     return Result(layer=self.layer, units=units, inputs=dict(x),
                   activations=np.asarray(act), history=dict(hist),
                   a_hat_given=a_hat_given(self.config),
-                  seed=seed, settings=settings)
+                  seed=seed, settings=settings, class_names=self.class_names)
 
 
 def run_diverse(vis: "Visualizer", unit: int, samples: int, seed: int = 0,
@@ -437,7 +442,7 @@ def run_diverse(vis: "Visualizer", unit: int, samples: int, seed: int = 0,
                 history={k: np.broadcast_to(np.asarray(v), (samples, vis.config.steps)).copy()
                          for k, v in hist.items()},
                 a_hat_given=a_hat_given(vis.config),
-                seed=seed, settings=settings)
+                seed=seed, settings=settings, class_names=vis.class_names)
 
 
 def _check_finite(obj_hist: np.ndarray, units: np.ndarray) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 
 from absl import logging
 import jax
@@ -88,7 +89,9 @@ class Bar:
   """
 
   def __init__(self, desc: str, total: int, unit: str, enabled: bool = True):
-    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel  # picks the notebook bar at run time.
+    with warnings.catch_warnings():  # without ipywidgets a notebook gets the text bar.
+      warnings.simplefilter("ignore")
+      from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
     self.desc, self.total, self.unit = desc, int(total), unit
     self.bar = tqdm(total=self.total, desc=desc, unit=unit, disable=not enabled,
                     dynamic_ncols=True)

@@ -25,6 +25,8 @@ class Result:
     a_hat_given: whether a_hat came from validation data (else 1).
     seed: the seed.
     settings: regularisation values used, e.g. {'flow': (kappa, gamma)}.
+    class_names: the model's class names when `layer` is 'logits' (labels the
+      display; not saved in the file).
   """
 
   layer: str
@@ -35,6 +37,8 @@ class Result:
   a_hat_given: bool
   seed: int
   settings: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+  class_names: tuple[str, ...] | None = dataclasses.field(default=None, repr=False,
+                                                          compare=False)
 
   def save(self, path: str, config: ml_collections.ConfigDict | None = None,
            weights: str = "") -> None:

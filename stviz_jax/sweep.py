@@ -241,5 +241,5 @@ def run_sweep(vis: Visualizer, units: Sequence[int],
     results.append(Result(
         layer=vis.layer, units=units, inputs={m: v[sl] for m, v in inputs.items()},
         activations=np.asarray(act[sl]), history={m: v[sl] for m, v in hist.items()},
-        a_hat_given=a_hat_given(config), seed=seed, settings=s))
+        a_hat_given=a_hat_given(config), seed=seed, settings=s, class_names=vis.class_names))
   return results
