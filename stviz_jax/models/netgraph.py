@@ -16,22 +16,35 @@ parameter tree in the original layer names:
   `params`; `mean`, `var` in `batch_stats`). `bn_pairs(nodes)` lists the
   pairs for `batchnorm.fold_tree`.
 
-Blobs are always `(N, T, H, W, C)`. A layer with a 2-D kernel `(kh, kw)` runs
-on every time step independently (time folded into the batch), a 3-D kernel
-`(kt, kh, kw)` runs across time, so 2-D two-stream towers, 3-D fusion layers
-and C3D share one executor. Kernels are stored in Flax layout
+Zoo blobs are always `(N, T, H, W, C)`. A layer with a 2-D kernel `(kh, kw)`
+runs on every time step independently (time folded into the batch), a 3-D
+kernel `(kt, kh, kw)` runs across time, so 2-D two-stream towers, 3-D fusion
+layers and C3D share one executor. Kernels are stored in Flax layout
 `(kh, kw, C_in, C_out)` or `(kt, kh, kw, C_in, C_out)`; `Dense` kernels are
 `(H * W * C_in, C_out)` over each time step's input flattened in `(H, W, C)`
 order.
 
-Pooling follows Caffe (`ceil_mode=True`): the output has
-`ceil((n + 2p - k) / s) + 1` positions, minus one if the last window would
-start in the padding; average pooling divides by the window's overlap with
-the padded input `[-p, n + p)`, as Caffe does. With `ceil_mode=False` it is
-floor rounding (MatConvNet's VGG and ResNet pools).
+The Caffe and MatConvNet converters build into the same executor (one place
+to fix a layer, and their convolutions and max pools take the fast paths of
+`layers.Conv` / `conv_for` and `pooling.max_pool`): their blobs keep the
+source's rank (`(N, H, W, C)` for image nets, `(N, C)` after a fully
+connected layer), a `Net` may name a blob by several features (`tap_names`)
+and return its logits as they are (`logits_reduce`), and their layers use
+the nodes the zoo does not (`Activation`, `Affine`, `LRN`, `Eltwise`,
+`Reshape`, `Constant`; grouped, dilated, asymmetrically padded `Conv`).
 
-Size (~540 lines): one concept, the layer graph - its node types, the Flax
-module that runs it, its parameter shapes and random initialisation.
+Pooling is one function, `pool`, for both rounding rules. Caffe's
+(`ceil_mode=True`): the output has `ceil((n + 2p - k) / s) + 1` positions,
+minus one if the last window would start in the padding; average pooling
+divides by the window's overlap with the padded input `[-p, n + p)`. With
+`ceil_mode=False` it is floor rounding (MatConvNet's VGG and ResNet pools),
+and `count_pad=False` divides by the window's overlap with the input alone
+(MatConvNet's average pooling).
+
+Size (~820 lines): one concept, the layer graph - its node types (the zoo's
+and the converted Caffe / MatConvNet layers'), the Flax module that runs
+them, its parameter shapes and random initialisation; a node kind moved to
+another module would put its meaning apart from its execution.
 """
 
 from __future__ import annotations
@@ -216,7 +229,23 @@ class Reshape:
   top: str | None = None
 
 
-Node = Conv | Pool | Concat | Add | Eltwise | Dense | Activation | Affine | LRN | Reshape
+@dataclasses.dataclass(frozen=True)
+class Constant:
+  """`value` in a blob of per-example shape `shape`, batch and dtype of `bottom`.
+
+  A Caffe data layer's label top: only the (dropped) loss layers use it, but a
+  Split or Gather in front of them still reads it.
+  """
+
+  name: str
+  bottom: str
+  shape: tuple[int, ...] = ()
+  value: float = 0.0
+  top: str | None = None
+
+
+Node = (Conv | Pool | Concat | Add | Eltwise | Dense | Activation | Affine | LRN | Reshape
+        | Constant)
 
 
 def top(node: Node) -> str:
@@ -248,6 +277,18 @@ def _pairs(pad: Sequence[int | tuple[int, int]]) -> list[tuple[int, int]]:
           for p in pad]
 
 
+def pool_size(n: int, k: int, s: int, pad: int | tuple[int, int], ceil_mode: bool) -> int:
+  """Windows of pooling `k` every `s` over `n` positions padded by `pad` (see `pool`)."""
+  lo, hi = _pairs((pad,))[0]
+  if not ceil_mode:
+    return (n + lo + hi - k) // s + 1
+  o = int(math.ceil((n + lo + hi - k) / s)) + 1
+  # Caffe drops a last window that would start in the (low-side) padding.
+  if lo > 0 and (o - 1) * s >= n + lo:
+    o -= 1
+  return o
+
+
 def pool(x: jax.Array, kind: str, kernel: Sequence[int], stride: Sequence[int],
          pad: Sequence[int | tuple[int, int]], ceil_mode: bool,
          count_pad: bool = True) -> jax.Array:
@@ -271,12 +312,7 @@ def pool(x: jax.Array, kind: str, kernel: Sequence[int], stride: Sequence[int],
   pads = _pairs(pad)
   lo_hi, out, counts = [], [], []
   for n, k, s, (lo, hi) in zip(spatial, kernel, stride, pads):
-    if ceil_mode:
-      o = int(math.ceil((n + lo + hi - k) / s)) + 1
-      if lo > 0 and (o - 1) * s >= n + lo:
-        o -= 1
-    else:
-      o = (n + lo + hi - k) // s + 1
+    o = pool_size(n, k, s, (lo, hi), ceil_mode)
     if o < 1:
       raise ValueError(f"pooling window {tuple(kernel)} is larger than its "
                        f"input {tuple(spatial)}")
@@ -447,6 +483,9 @@ def _apply(node, depth, settings, blobs):
   if isinstance(node, Reshape):
     x = _channel_major(blobs[node.bottom], to_caffe=True)
     return _channel_major(x.reshape((x.shape[0],) + tuple(node.shape)), to_caffe=False)
+  if isinstance(node, Constant):
+    x = blobs[node.bottom]
+    return jnp.full((x.shape[0],) + tuple(node.shape), node.value, x.dtype)
   raise TypeError(f"unknown layer spec {node!r}")
 
 
