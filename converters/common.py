@@ -61,6 +61,28 @@ def fill_like(template: Mapping, values: Mapping[str, np.ndarray], source: str) 
   return unflatten({k: np.asarray(values[k], np.float32) for k in target})
 
 
+def blob_names(taps: Iterable[tuple[str, int]], count: int) -> dict[int, str]:
+  """`netgraph` blob names of a converted net's values `0 .. count - 1`.
+
+  A value is named after its first tap, so `layers.conv_for(name)` picks the
+  convolution the visualised layer reads; a value without taps gets
+  `'#<value>'` with as many '#' as it takes to be no tap's name (a blob named
+  like another value's tap would take that tap's `only_channel` restriction).
+  """
+  taps = list(taps)
+  names: dict[int, str] = {}
+  for name, v in taps:
+    names.setdefault(v, name)
+  taken = {name for name, _ in taps}
+  for v in range(count):
+    if v not in names:
+      fresh = f"#{v}"
+      while fresh in taken:
+        fresh = "#" + fresh
+      names[v] = fresh
+  return names
+
+
 def save(output: str, variables: Any, *, source: str, architecture: str,
          fmt: str, overwrite: bool = False, **extra) -> None:
   """Writes a stviz_jax weights directory (atomic; see `stviz_jax.models.checkpoint`).
