@@ -765,8 +765,7 @@ def CaffeNet(graph: Graph) -> netgraph.Net:  # noqa: N802 - was the module class
 
   `__call__(x)` takes the net input channels-last ((N, H, W, C) for image nets,
   (N, T, H, W, C) for 3D nets) and returns `(logits, features)`, features keyed
-  by Caffe layer (and top) names, channels last. Convolutions and dense
-  layers compute at `Precision.HIGHEST`, as Caffe does in float32.
+  by Caffe layer (and top) names, channels last.
   """
   alias: dict[int, int] = {}  # a Dropout / Split output -> the value it passes on
   canon = lambda v: alias.get(v, v)
@@ -778,22 +777,17 @@ def CaffeNet(graph: Graph) -> netgraph.Net:  # noqa: N802 - was the module class
       for i, o in enumerate(op.outputs):
         alias[o] = ins[i] if gather else ins[0]
       continue
-    steps.append((op, ins))
+    make = lambda bottoms, top, op=op: _node(op, bottoms, top, graph.shapes[op.inputs[0]],
+                                             graph.source)
+    steps.append((make, ins, op.outputs[0]))
   taps = [(name, canon(v)) for name, v in graph.taps]
-  names = common.blob_names(taps, len(graph.shapes))
-  read = {v for _, ins in steps for v in ins} | {v for _, v in taps}
+  read = {v for _, ins, _ in steps for v in ins} | {v for _, v in taps}
   # Label tops are zeros (only the dropped losses need their values).
-  nodes = tuple(netgraph.Constant(names[v], names[0], top=names[v])
-                for v in graph.labels if v in read)
-  nodes += tuple(_node(op, [names[v] for v in ins], names[op.outputs[0]],
-                       graph.shapes[op.inputs[0]], graph.source)
-                 for op, ins in steps)
-  return netgraph.Net(
-      nodes=nodes, taps=tuple(names[v] for _, v in taps),
-      tap_names=tuple(name for name, _ in taps),
-      logits=(names[canon(graph.logits)],), logits_reduce="none",
-      inputs=(netgraph.StreamInput(graph.input_name, names[0]),),
-      precision=jax.lax.Precision.HIGHEST)
+  labels = [(lambda bottoms, top: netgraph.Constant(top, bottoms[0], top=top), [0], v)
+            for v in graph.labels if v in read]
+  return common.build_net(labels + steps, taps, len(graph.shapes),
+                          logits=canon(graph.logits), inputs=[(graph.input_name, 0)],
+                          logits_reduce="none")
 
 
 def _node(op: Op, bottoms: list[str], top: str, in_shape: tuple[int, ...], source: str):

@@ -1,14 +1,16 @@
-"""What every converter shares: strict matching of source and target tensors, saving."""
+"""What every converter shares: strict matching of source and target tensors, saving,
+and building a converted graph into a `netgraph.Net`."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import jax
 import numpy as np
 
-from stviz_jax.models import checkpoint
+from stviz_jax.models import checkpoint, netgraph
 # The base of every converter error; `check_complete` raises it itself for
 # source weights that do not match the target (missing/unexpected/mismatched).
 from stviz_jax.models.checkpoint import ConversionError, flatten, unflatten  # noqa: F401
@@ -61,7 +63,35 @@ def fill_like(template: Mapping, values: Mapping[str, np.ndarray], source: str) 
   return unflatten({k: np.asarray(values[k], np.float32) for k in target})
 
 
-def blob_names(taps: Iterable[tuple[str, int]], count: int) -> dict[int, str]:
+def build_net(steps: Iterable[tuple[Callable, Sequence[int], int]],
+              taps: Sequence[tuple[str, int]], count: int, *, logits: int,
+              inputs: Sequence[tuple[str, int]], logits_reduce: str) -> netgraph.Net:
+  """A converted net over values `0 .. count - 1` as a `netgraph.Net`.
+
+  Convolutions and dense layers compute at `Precision.HIGHEST`, as the
+  source frameworks do in float32 (the converters' tests compare with their
+  outputs).
+
+  Args:
+    steps: per layer, in order, `(make, input values, output value)`;
+      `make(bottoms, top)` returns its netgraph node given blob names.
+    taps: `(feature name, value)`, in network order.
+    count: how many values there are.
+    logits: the value that is the logits.
+    inputs: `(stream, value)` per net input.
+    logits_reduce: see `netgraph.Net`.
+  """
+  names = _blob_names(taps, count)
+  nodes = tuple(make([names[v] for v in ins], names[out]) for make, ins, out in steps)
+  return netgraph.Net(
+      nodes=nodes, taps=tuple(names[v] for _, v in taps),
+      tap_names=tuple(name for name, _ in taps), logits=(names[logits],),
+      logits_reduce=logits_reduce,
+      inputs=tuple(netgraph.StreamInput(stream, names[v]) for stream, v in inputs),
+      precision=jax.lax.Precision.HIGHEST)
+
+
+def _blob_names(taps: Iterable[tuple[str, int]], count: int) -> dict[int, str]:
   """`netgraph` blob names of a converted net's values `0 .. count - 1`.
 
   A value is named after its first tap, so `layers.conv_for(name)` picks the

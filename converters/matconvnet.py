@@ -474,10 +474,7 @@ def _finish(ops, weights, inputs, path, labels) -> tuple[Graph, dict]:
 
 
 def MatConvNet(graph: Graph) -> netgraph.Net:  # noqa: N802 - was the module class
-  """A MatConvNet `Graph` as a `netgraph.Net`: `__call__(inputs: {var: (N, H, W, C)})`.
-
-  Convolutions compute at `Precision.HIGHEST` (MatConvNet's float32).
-  """
+  """A MatConvNet `Graph` as a `netgraph.Net`: `__call__(inputs: {var: (N, H, W, C)})`."""
   value: dict[str, int] = {}  # variable -> its value (the latest to write it)
   for var, _ in graph.inputs:
     value[var] = len(value)
@@ -490,18 +487,13 @@ def MatConvNet(graph: Graph) -> netgraph.Net:  # noqa: N802 - was the module cla
     else:
       out = count
       count += 1
-      steps.append((op, ins, out))
+      steps.append((lambda bottoms, top, op=op: _node(op, bottoms, top), ins, out))
     for v in op.outputs:
       value[v] = out
-  taps = [(name, value[var]) for name, var in graph.taps]
-  names = common.blob_names(taps, count)
-  nodes = tuple(_node(op, [names[v] for v in ins], names[out]) for op, ins, out in steps)
-  return netgraph.Net(
-      nodes=nodes, taps=tuple(names[v] for _, v in taps),
-      tap_names=tuple(name for name, _ in taps), logits=(names[value[graph.logits]],),
-      logits_reduce="squeeze",
-      inputs=tuple(netgraph.StreamInput(var, names[i]) for i, (var, _) in enumerate(graph.inputs)),
-      precision=jax.lax.Precision.HIGHEST)
+  return common.build_net(steps, [(name, value[var]) for name, var in graph.taps], count,
+                          logits=value[graph.logits],
+                          inputs=[(var, i) for i, (var, _) in enumerate(graph.inputs)],
+                          logits_reduce="squeeze")
 
 
 def _node(op: Op, bottoms: list[str], top: str):
