@@ -289,19 +289,18 @@ def test_converted_caffe_net_is_a_netgraph_net(tmp_path, monkeypatch):
 
 def tiny_simplenn(path):
   """A SimpleNN .mat: conv (asymmetric pad) -> relu -> avg pool (padded) -> conv."""
-  def layer(**fields):
-    return fields
   f1, b1 = normal(3, 3, 2, 4), normal(1, 4)
   f2, b2 = normal(3, 3, 4, 3), normal(1, 3)
-  layers_ = np.empty((1, 4), dtype=object)
-  layers_[0, 0] = layer(type="conv", name="conv1", weights=np.array([f1, b1], dtype=object)
-                        .reshape(1, 2), pad=np.array([1.0, 0, 2, 1]), stride=1.0)
-  layers_[0, 1] = layer(type="relu", name="relu1", leak=0.0)
-  layers_[0, 2] = layer(type="pool", name="pool1", method="avg", pool=np.array([2.0, 3]),
-                        pad=np.array([1.0, 0, 1, 1]), stride=2.0)
-  layers_[0, 3] = layer(type="conv", name="fc", weights=np.array([f2, b2], dtype=object)
-                        .reshape(1, 2), pad=0.0, stride=1.0)
-  scipy.io.savemat(path, {"net": {"layers": layers_,
+  weights = lambda f, b: np.array([f, b], dtype=object).reshape(1, 2)  # a MATLAB cell
+  net_layers = np.empty((1, 4), dtype=object)
+  net_layers[0, 0] = dict(type="conv", name="conv1", weights=weights(f1, b1),
+                          pad=np.array([1.0, 0, 2, 1]), stride=1.0)
+  net_layers[0, 1] = dict(type="relu", name="relu1", leak=0.0)
+  net_layers[0, 2] = dict(type="pool", name="pool1", method="avg", pool=np.array([2.0, 3]),
+                          pad=np.array([1.0, 0, 1, 1]), stride=2.0)
+  net_layers[0, 3] = dict(type="conv", name="fc", weights=weights(f2, b2), pad=0.0,
+                          stride=1.0)
+  scipy.io.savemat(path, {"net": {"layers": net_layers,
                                   "meta": {"inputSize": np.array([6.0, 7, 2])}}})
   return f1, b1.ravel(), f2, b2.ravel()
 

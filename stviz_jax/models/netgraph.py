@@ -526,8 +526,8 @@ class Net(nn.Module):
   Attributes:
     nodes: the layers in execution order.
     taps: blobs returned as features, in network order.
-    logits: blob(s) whose mean over time (and sum over the listed blobs, with
-      `logit_weights`) are the logits.
+    logits: blob(s) whose mean over time (or other `logits_reduce`), summed
+      over the listed blobs with `logit_weights`, are the logits.
     folded: batch norm folded into the convolutions (see module docstring).
     bn_eps: epsilon of the unfolded batch norm.
     inputs: per stream, how it becomes a blob (see `prepare_inputs`).
