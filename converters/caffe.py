@@ -11,13 +11,15 @@ Three pieces, each usable on its own:
 * `parse_net(prototxt)`: the text graph, read leniently (`converters.prototxt`)
   so the BVLC, yjxiong action-recognition, C3D v1.0 and C3D v1.1 dialects all
   parse; layers of the TRAIN phase and loss/accuracy layers are dropped.
-* `Graph` / `CaffeNet`: the layers as a Flax module in stviz_jax layout
-  (channels last, time before space), with Caffe's semantics kept exactly:
-  pooling output sizes rounded up (ceil) and clipped as Caffe clips them,
-  average pooling dividing by the window clipped to the padded input, LRN
-  across or within channels, the channel-major flatten in front of an
-  InnerProduct folded into its kernel, and every BN / BatchNorm / Scale that
-  directly follows a convolution or InnerProduct folded into it.
+* `Graph` / `CaffeNet`: the layers as `stviz_jax.models.netgraph` layers run
+  by its `Net` (the zoo's executor, with its fast convolution and pooling
+  paths) in stviz_jax layout (channels last, time before space), with
+  Caffe's semantics kept exactly: pooling output sizes rounded up (ceil) and
+  clipped as Caffe clips them, average pooling dividing by the window clipped
+  to the padded input, LRN across or within channels, the channel-major
+  flatten in front of an InnerProduct folded into its kernel, and every BN /
+  BatchNorm / Scale that directly follows a convolution or InnerProduct
+  folded into it.
 
 `load(prototxt, caffemodel)` puts them together into a `stviz_jax` `Model`
 whose taps are the Caffe layer names (and top names that are not layer names).
@@ -25,31 +27,27 @@ The command line (`python -m converters.caffe --help`) writes a weights
 directory that `converters.caffe.load_converted` (or `stviz_jax.models.load`
 for a zoo architecture) reads back.
 
-Size (~1,300 lines): the Caffe format end to end - four prototxt dialects, new
+Size (~1,260 lines): the Caffe format end to end - four prototxt dialects, new
 and legacy V1 layer types, shape inference, strict weight mapping and the
-`CaffeNet` executor. The executor is the part that should go: building into
-`stviz_jax.models.netgraph` would give converted nets its fast convolution and
-pooling paths and leave the parsing here (left for a later step of #17).
+translation of each op into a netgraph layer (the executing is netgraph's).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import re
 import sys
 from typing import Any, Mapping, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from converters import common, prototxt, wire
 from stviz_jax import cli
-from stviz_jax.models import base, checkpoint, layers as layers_lib
+from stviz_jax.models import base, checkpoint, netgraph
 
 # ---------------------------------------------------------------------------
 # The binary caffemodel.
@@ -402,14 +400,6 @@ def _bool(v, default: bool) -> bool:
   return bool(v)
 
 
-def _pool_out(size: int, k: int, s: int, p: int) -> int:
-  """Caffe's pooled size: ceil, then drop a last window that starts in the padding."""
-  out = int(math.ceil((size + 2 * p - k) / s)) + 1
-  if p > 0 and (out - 1) * s >= size + p:
-    out -= 1
-  return out
-
-
 def _sanitize(name: str) -> str:
   """A Flax-safe parameter scope name for a Caffe layer ('conv1/7x7_s2' -> 'conv1_7x7_s2')."""
   return re.sub(r"[^A-Za-z0-9_]", "_", name)
@@ -625,7 +615,8 @@ def _op_for(layer: Layer, in_shapes, where):
       k = _spatial(p, "kernel_size", n, None)
       pad = _spatial(p, "pad", n, 0)
       stride = _spatial(p, "stride", n, 1)
-    out = [_pool_out(s, kk, st, q) for s, kk, st, q in zip(x[2:], k, stride, pad)]
+    out = [netgraph.pool_size(s, kk, st, q, ceil_mode=True)
+           for s, kk, st, q in zip(x[2:], k, stride, pad)]
     attrs = dict(method=method, kernel=tuple(k), pad=tuple(pad), stride=tuple(stride),
                  out=tuple(out), size=tuple(x[2:]))
     return "pool", attrs, [(x[0], x[1], *out)], False
@@ -766,181 +757,95 @@ def _fold_affine(ops: list[Op]) -> list[Op]:
 
 
 # ---------------------------------------------------------------------------
-# The Flax module.
-
-def _to_caffe(x):
-  """stviz layout (N,H,W,C)/(N,T,H,W,C) -> Caffe (N,C,H,W)/(N,C,T,H,W)."""
-  if x.ndim <= 2:
-    return x
-  return jnp.moveaxis(x, -1, 1)
+# The Flax module: the graph as `stviz_jax.models.netgraph` layers.
 
 
-def _from_caffe(x):
-  if x.ndim <= 2:
-    return x
-  return jnp.moveaxis(x, 1, -1)
-
-
-def _avg_divisor(size, kernel, stride, pad, out) -> np.ndarray:
-  """Caffe's AVE divisor per output position: the window clipped to [-pad, size+pad)."""
-  per_axis = []
-  for s, k, st, p, o in zip(size, kernel, stride, pad, out):
-    start = np.arange(o) * st - p
-    end = np.minimum(start + k, s + p)
-    per_axis.append((end - start).astype(np.float32))
-  div = per_axis[0]
-  for a in per_axis[1:]:
-    div = np.multiply.outer(div, a)
-  return div
-
-
-_INITS = {"kernel": nn.initializers.lecun_normal(), "bias": nn.initializers.zeros,
-          "scale": nn.initializers.ones, "shift": nn.initializers.zeros}
-
-
-class _Weights(nn.Module):
-  """The parameters of one Caffe layer, under the layer's (sanitised) name."""
-
-  shapes: tuple[tuple[str, tuple[int, ...]], ...]
-
-  @nn.compact
-  def __call__(self):
-    return tuple(self.param(n, _INITS[n], s) for n, s in self.shapes)
-
-
-class CaffeNet(nn.Module):
-  """A Caffe `Graph` as a Flax module in stviz_jax layout.
+def CaffeNet(graph: Graph) -> netgraph.Net:  # noqa: N802 - was the module class
+  """A Caffe `Graph` as a `netgraph.Net` in stviz_jax layout.
 
   `__call__(x)` takes the net input channels-last ((N, H, W, C) for image nets,
   (N, T, H, W, C) for 3D nets) and returns `(logits, features)`, features keyed
   by Caffe layer (and top) names, channels last.
   """
+  alias: dict[int, int] = {}  # a Dropout / Split output -> the value it passes on
+  canon = lambda v: alias.get(v, v)
+  steps = []
+  for op in graph.ops:
+    ins = [canon(v) for v in op.inputs]
+    if op.kind in ("identity", "identity_multi"):
+      gather = op.attr("gather", False)
+      for i, o in enumerate(op.outputs):
+        alias[o] = ins[i] if gather else ins[0]
+      continue
+    make = lambda bottoms, top, op=op: _node(op, bottoms, top, graph.shapes[op.inputs[0]],
+                                             graph.source)
+    steps.append((make, ins, op.outputs[0]))
+  taps = [(name, canon(v)) for name, v in graph.taps]
+  read = {v for _, ins, _ in steps for v in ins} | {v for _, v in taps}
+  # Label tops are zeros (only the dropped losses need their values).
+  labels = [(lambda bottoms, top: netgraph.Constant(top, bottoms[0], top=top), [0], v)
+            for v in graph.labels if v in read]
+  return common.build_net(labels + steps, taps, len(graph.shapes),
+                          logits=canon(graph.logits), inputs=[(graph.input_name, 0)],
+                          logits_reduce="none")
 
-  graph: Graph
 
-  @nn.compact
-  def __call__(self, x):
-    g = self.graph
-    values: dict[int, jax.Array] = {0: x}
-    for v in g.labels:
-      values[v] = jnp.zeros((x.shape[0],), x.dtype)
-    for op in g.ops:
-      ins = [values[i] for i in op.inputs]
-      outs = self._apply(op, ins)
-      for o, v in zip(op.outputs, outs):
-        values[o] = v
-    features = {name: values[v] for name, v in g.taps}
-    return values[g.logits], features
+def _node(op: Op, bottoms: list[str], top: str, in_shape: tuple[int, ...], source: str):
+  """The netgraph layer of one op (Caffe-order `in_shape` of its first input)."""
+  a = dict(op.attrs)
+  k = op.kind
+  name = op.params or _sanitize(op.name)
+  x = bottoms[0]
+  if k == "conv":
+    return netgraph.Conv(name, x, a["cout"], a["kernel"], a["stride"], a["pad"],
+                         relu=False, top=top, groups=a["group"], dilation=a["dilation"])
+  if k == "dense":
+    return netgraph.Dense(name, x, a["cout"], top=top, frames=False)
+  if k == "affine":
+    return netgraph.Affine(name, x, a["channels"], top=top)
+  if k == "pool":
+    return netgraph.Pool(name, x, "max" if a["method"] == "MAX" else "avg", a["kernel"],
+                         a["stride"], a["pad"], ceil_mode=True, top=top)
+  if k == "relu":
+    if a["slope"]:
+      return netgraph.Activation(name, x, "leaky_relu", (a["slope"],), top=top)
+    return netgraph.Activation(name, x, "relu", top=top)
+  if k == "lrn":
+    n = a["size"]
+    if a["region"] == "ACROSS_CHANNELS":
+      return netgraph.LRN(name, x, n, a["alpha"] / n, a["beta"], a["k"], top=top)
+    if len(in_shape) != 4:
+      raise CaffeError(f"{source}: layer {op.name!r}: WITHIN_CHANNEL LRN needs a 4-D "
+                       "(image) input")
+    return netgraph.LRN(name, x, n, a["alpha"] / (n * n), a["beta"], 1.0, "within",
+                        top=top)
+  if k == "concat":
+    return netgraph.Concat(name, tuple(bottoms), top=top,
+                           axis=_caffe_axis(a["axis"], len(in_shape)))
+  if k == "eltwise":
+    if a["op"] == "SUM":
+      return netgraph.Add(name, tuple(bottoms), top=top, coeffs=a["coeff"])
+    if a["op"] in ("PROD", "MAX"):
+      return netgraph.Eltwise(name, tuple(bottoms), a["op"].lower(), top=top)
+    raise CaffeError(f"layer {op.name!r}: Eltwise operation {a['op']} unknown")
+  if k in _ACTIVATIONS:
+    return netgraph.Activation(name, x, _ACTIVATIONS[k], top=top)
+  if k == "power":
+    return netgraph.Activation(name, x, "power", (a["power"], a["scale"], a["shift"]),
+                               top=top)
+  if k == "reshape":
+    return netgraph.Reshape(name, x, a["shape"], top=top)
+  raise CaffeError(f"layer {op.name!r}: unknown op {k}")
 
-  def _apply(self, op: Op, ins):
-    k = op.kind
-    x = ins[0] if ins else None
-    a = dict(op.attrs)
-    if k == "conv":
-      n = len(a["kernel"])
-      kshape = tuple(a["kernel"]) + (a["cin"] // a["group"], a["cout"])
-      kernel, bias = _Weights((("kernel", kshape), ("bias", (a["cout"],))),
-                              name=op.params)()
-      spatial = "DHW"[3 - n:]
-      dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
-      y = jax.lax.conv_general_dilated(
-          x, kernel, window_strides=a["stride"],
-          padding=[(p, p) for p in a["pad"]], rhs_dilation=a["dilation"],
-          dimension_numbers=dn, feature_group_count=a["group"],
-          precision=jax.lax.Precision.HIGHEST)
-      return [y + bias]
-    if k == "dense":
-      cin = int(np.prod(a["cin_shape"]))
-      kernel, bias = _Weights((("kernel", (cin, a["cout"])), ("bias", (a["cout"],))),
-                              name=op.params)()
-      y = jnp.dot(x.reshape(x.shape[0], -1), kernel, precision=jax.lax.Precision.HIGHEST)
-      return [y + bias]
-    if k == "affine":
-      c = a["channels"]
-      scale, shift = _Weights((("scale", (c,)), ("shift", (c,))), name=op.params)()
-      return [x * scale + shift]
-    if k == "pool":
-      win = (1,) + tuple(a["kernel"]) + (1,)
-      strides = (1,) + tuple(a["stride"]) + (1,)
-      pads = [(0, 0)]
-      for s, kk, st, p, o in zip(a["size"], a["kernel"], a["stride"], a["pad"], a["out"]):
-        pads.append((p, max((o - 1) * st + kk - s - p, 0)))
-      pads.append((0, 0))
-      if a["method"] == "MAX":
-        y = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, win, strides, pads)
-      else:
-        y = jax.lax.reduce_window(x, 0.0, jax.lax.add, win, strides, pads)
-      y = y[(slice(None),) + tuple(slice(0, o) for o in a["out"])]
-      if a["method"] == "AVE":
-        div = _avg_divisor(a["size"], a["kernel"], a["stride"], a["pad"], a["out"])
-        y = y / jnp.asarray(div)[..., None]
-      return [y]
-    if k == "relu":
-      if a["slope"]:
-        return [jnp.where(x > 0, x, a["slope"] * x)]
-      return [layers_lib.relu(x)]
-    if k == "lrn":
-      return [_lrn(x, a)]
-    if k == "concat":
-      axis = _caffe_axis(a["axis"], x.ndim)
-      return [jnp.concatenate(ins, axis=axis)]
-    if k == "eltwise":
-      if a["op"] == "SUM":
-        return [sum(c * v for c, v in zip(a["coeff"], ins))]
-      if a["op"] == "PROD":
-        y = ins[0]
-        for v in ins[1:]:
-          y = y * v
-        return [y]
-      if a["op"] == "MAX":
-        y = ins[0]
-        for v in ins[1:]:
-          y = jnp.maximum(y, v)
-        return [y]
-      raise CaffeError(f"layer {op.name!r}: Eltwise operation {a['op']} unknown")
-    if k == "identity":
-      return [x]
-    if k == "identity_multi":
-      return list(ins) if a["gather"] else [x] * len(op.outputs)
-    if k == "softmax":
-      return [jax.nn.softmax(x, axis=-1)]
-    if k == "sigmoid":
-      return [jax.nn.sigmoid(x)]
-    if k == "tanh":
-      return [jnp.tanh(x)]
-    if k == "absval":
-      return [jnp.abs(x)]
-    if k == "power":
-      return [(a["shift"] + a["scale"] * x) ** a["power"]]
-    if k == "reshape":
-      y = _to_caffe(x).reshape((x.shape[0],) + tuple(a["shape"]))
-      return [_from_caffe(y)]
-    raise CaffeError(f"layer {op.name!r}: unknown op {k}")
+
+_ACTIVATIONS = {"softmax": "softmax", "sigmoid": "sigmoid", "tanh": "tanh",
+                "absval": "abs"}
 
 
 def _caffe_axis(axis: int, ndim: int) -> int:
   if ndim <= 2 or axis == 0:
     return axis
   return ndim - 1 if axis == 1 else axis - 1
-
-
-def _lrn(x, a):
-  """Caffe LRN. Across channels: `x / (k + alpha/n * sum_{n channels} x^2)^beta`;
-  within channel: `x / (1 + alpha/n^2 * sum_{n x n window} x^2)^beta` (zero padded)."""
-  n, alpha, beta = a["size"], a["alpha"], a["beta"]
-  sq = x * x
-  half = (n - 1) // 2
-  if a["region"] == "ACROSS_CHANNELS":
-    win = (1,) * (x.ndim - 1) + (n,)
-    pads = [(0, 0)] * (x.ndim - 1) + [(half, half)]
-    s = jax.lax.reduce_window(sq, 0.0, jax.lax.add, win, (1,) * x.ndim, pads)
-    return x * (a["k"] + alpha / n * s) ** (-beta)
-  if x.ndim != 4:
-    raise CaffeError("WITHIN_CHANNEL LRN needs a 4-D (image) input")
-  win = (1, n, n, 1)
-  pads = [(0, 0), (half, half), (half, half), (0, 0)]
-  s = jax.lax.reduce_window(sq, 0.0, jax.lax.add, win, (1, 1, 1, 1), pads)
-  return x * (1.0 + alpha / (n * n) * s) ** (-beta)
 
 
 # ---------------------------------------------------------------------------

@@ -1,14 +1,16 @@
-"""What every converter shares: strict matching of source and target tensors, saving."""
+"""What every converter shares: strict matching of source and target tensors, saving,
+and building a converted graph into a `netgraph.Net`."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import jax
 import numpy as np
 
-from stviz_jax.models import checkpoint
+from stviz_jax.models import checkpoint, netgraph
 # The base of every converter error; `check_complete` raises it itself for
 # source weights that do not match the target (missing/unexpected/mismatched).
 from stviz_jax.models.checkpoint import ConversionError, flatten, unflatten  # noqa: F401
@@ -59,6 +61,56 @@ def fill_like(template: Mapping, values: Mapping[str, np.ndarray], source: str) 
                 if k in values and tuple(np.shape(values[k])) != tuple(np.shape(t))]
   check_complete(source, missing=missing, unexpected=unexpected, mismatched=mismatched)
   return unflatten({k: np.asarray(values[k], np.float32) for k in target})
+
+
+def build_net(steps: Iterable[tuple[Callable, Sequence[int], int]],
+              taps: Sequence[tuple[str, int]], count: int, *, logits: int,
+              inputs: Sequence[tuple[str, int]], logits_reduce: str) -> netgraph.Net:
+  """A converted net over values `0 .. count - 1` as a `netgraph.Net`.
+
+  Convolutions and dense layers compute at `Precision.HIGHEST`, as the
+  source frameworks do in float32 (the converters' tests compare with their
+  outputs).
+
+  Args:
+    steps: per layer, in order, `(make, input values, output value)`;
+      `make(bottoms, top)` returns its netgraph node given blob names.
+    taps: `(feature name, value)`, in network order.
+    count: how many values there are.
+    logits: the value that is the logits.
+    inputs: `(stream, value)` per net input.
+    logits_reduce: see `netgraph.Net`.
+  """
+  names = _blob_names(taps, count)
+  nodes = tuple(make([names[v] for v in ins], names[out]) for make, ins, out in steps)
+  return netgraph.Net(
+      nodes=nodes, taps=tuple(names[v] for _, v in taps),
+      tap_names=tuple(name for name, _ in taps), logits=(names[logits],),
+      logits_reduce=logits_reduce,
+      inputs=tuple(netgraph.StreamInput(stream, names[v]) for stream, v in inputs),
+      precision=jax.lax.Precision.HIGHEST)
+
+
+def _blob_names(taps: Iterable[tuple[str, int]], count: int) -> dict[int, str]:
+  """`netgraph` blob names of a converted net's values `0 .. count - 1`.
+
+  A value is named after its first tap, so `layers.conv_for(name)` picks the
+  convolution the visualised layer reads; a value without taps gets
+  `'#<value>'` with as many '#' as it takes to be no tap's name (a blob named
+  like another value's tap would take that tap's `only_channel` restriction).
+  """
+  taps = list(taps)
+  names: dict[int, str] = {}
+  for name, v in taps:
+    names.setdefault(v, name)
+  taken = {name for name, _ in taps}
+  for v in range(count):
+    if v not in names:
+      fresh = f"#{v}"
+      while fresh in taken:
+        fresh = "#" + fresh
+      names[v] = fresh
+  return names
 
 
 def save(output: str, variables: Any, *, source: str, architecture: str,

@@ -26,9 +26,12 @@ so there is no flatten-order question. `load(path) -> Model` taps every layer
 by its name (and, for DagNN, every variable by its name); the logits are the
 input of a final softmax/loss layer, with 1x1 spatial dimensions dropped.
 
-Size (~830 lines): both MatConvNet formats (SimpleNN and DagNN, read from
-MATLAB v5 files) and the executor of their layers; as for `converters.caffe`,
-the executor should become `stviz_jax.models.netgraph` (a later step).
+The layers run as `stviz_jax.models.netgraph` layers in its `Net` (the zoo's
+executor, with its fast convolution and pooling paths): `MatConvNet(graph)`.
+
+Size (~810 lines): both MatConvNet formats (SimpleNN and DagNN, read from
+MATLAB v5 files), their zoo tables and the translation of their layers into
+netgraph layers.
 """
 
 from __future__ import annotations
@@ -39,14 +42,13 @@ import re
 import sys
 from typing import Any, Mapping, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from converters import common
 from stviz_jax import cli
-from stviz_jax.models import base, checkpoint, layers as layers_lib
+from stviz_jax.models import base, checkpoint, netgraph
 
 
 class MatConvNetError(common.ConversionError):
@@ -429,7 +431,7 @@ def _finish(ops, weights, inputs, path, labels) -> tuple[Graph, dict]:
     folded.append(op)
   # Channel bookkeeping: fail on the layer, not deep inside XLA.
   channels = {v: s[2] for v, s in inputs}
-  for op in folded:
+  for i, op in enumerate(folded):
     where = f"{path}: layer {op.name!r}"
     cin = [channels.get(v) for v in op.inputs]
     if op.kind == "conv":
@@ -441,6 +443,8 @@ def _finish(ops, weights, inputs, path, labels) -> tuple[Graph, dict]:
       if out % (cin[0] // a["cin_g"]):
         raise MatConvNetError(f"{where}: {out} filters cannot be split into "
                               f"{cin[0] // a['cin_g']} groups")
+      a["groups"] = cin[0] // a["cin_g"]
+      folded[i] = dataclasses.replace(op, attrs=tuple(sorted(a.items())))
     elif op.kind == "affine":
       out = cin[0]
       if op.attr("channels") != out:
@@ -466,93 +470,60 @@ def _finish(ops, weights, inputs, path, labels) -> tuple[Graph, dict]:
 
 
 # ---------------------------------------------------------------------------
-# The Flax module.
+# The Flax module: the graph as `stviz_jax.models.netgraph` layers.
 
 
-class _Weights(nn.Module):
-  shapes: tuple[tuple[str, tuple[int, ...]], ...]
+def MatConvNet(graph: Graph) -> netgraph.Net:  # noqa: N802 - was the module class
+  """A MatConvNet `Graph` as a `netgraph.Net`: `__call__(inputs: {var: (N, H, W, C)})`."""
+  value: dict[str, int] = {}  # variable -> its value (the latest to write it)
+  for var, _ in graph.inputs:
+    value[var] = len(value)
+  count = len(value)
+  steps = []
+  for op in graph.ops:
+    ins = [value[v] for v in op.inputs]
+    if op.kind == "identity":  # dropout: its outputs are its input
+      out = ins[0]
+    else:
+      out = count
+      count += 1
+      steps.append((lambda bottoms, top, op=op: _node(op, bottoms, top), ins, out))
+    for v in op.outputs:
+      value[v] = out
+  return common.build_net(steps, [(name, value[var]) for name, var in graph.taps], count,
+                          logits=value[graph.logits],
+                          inputs=[(var, i) for i, (var, _) in enumerate(graph.inputs)],
+                          logits_reduce="squeeze")
 
-  @nn.compact
-  def __call__(self):
-    init = {"kernel": nn.initializers.lecun_normal(), "bias": nn.initializers.zeros,
-            "scale": nn.initializers.ones, "shift": nn.initializers.zeros}
-    return tuple(self.param(n, init[n], s) for n, s in self.shapes)
 
-
-def _pool_windows(size, k, s, pad_lo, pad_hi):
-  out = (size + pad_lo + pad_hi - k) // s + 1
-  start = np.arange(out) * s - pad_lo
-  count = np.minimum(start + k, size) - np.maximum(start, 0)
-  return out, count.astype(np.float32)
-
-
-class MatConvNet(nn.Module):
-  """A MatConvNet `Graph` as a Flax module: `__call__(inputs: {var: (N, H, W, C)})`."""
-
-  graph: Graph
-
-  @nn.compact
-  def __call__(self, inputs):
-    g = self.graph
-    values = dict(inputs)
-    for op in g.ops:
-      ins = [values[v] for v in op.inputs]
-      y = self._apply(op, ins)
-      for v in op.outputs:
-        values[v] = y
-    features = {name: values[v] for name, v in g.taps}
-    logits = values[g.logits]
-    if logits.ndim == 4 and logits.shape[1:3] == (1, 1):
-      logits = logits[:, 0, 0]
-    return logits, features
-
-  def _apply(self, op: Op, ins):
-    a = dict(op.attrs)
-    x = ins[0]
-    if op.kind == "conv":
-      kshape = tuple(a["kernel"]) + (a["cin_g"], a["cout"])
-      kernel, bias = _Weights((("kernel", kshape), ("bias", (a["cout"],))), name=op.params)()
-      t, b, l, r = a["pad"]
-      y = jax.lax.conv_general_dilated(
-          x, kernel, a["stride"], [(t, b), (l, r)], rhs_dilation=a["dilation"],
-          dimension_numbers=("NHWC", "HWIO", "NHWC"),
-          feature_group_count=x.shape[-1] // a["cin_g"],
-          precision=jax.lax.Precision.HIGHEST)
-      return y + bias
-    if op.kind == "affine":
-      c = a["channels"]
-      scale, shift = _Weights((("scale", (c,)), ("shift", (c,))), name=op.params)()
-      return x * scale + shift
-    if op.kind == "pool":
-      (kh, kw), (sh, sw) = a["kernel"], a["stride"]
-      t, b, l, r = a["pad"]
-      win, strides = (1, kh, kw, 1), (1, sh, sw, 1)
-      pads = [(0, 0), (t, b), (l, r), (0, 0)]
-      if a["method"] == "max":
-        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, win, strides, pads)
-      y = jax.lax.reduce_window(x, 0.0, jax.lax.add, win, strides, pads)
-      _, ch = _pool_windows(x.shape[1], kh, sh, t, b)
-      _, cw = _pool_windows(x.shape[2], kw, sw, l, r)
-      return y / jnp.asarray(np.multiply.outer(ch, cw))[None, :, :, None]
-    if op.kind == "relu":
-      return jnp.where(x > 0, x, a["leak"] * x) if a["leak"] else layers_lib.relu(x)
-    if op.kind == "lrn":
-      n = a["n"]
-      lo = (n - 1) // 2
-      s = jax.lax.reduce_window(x * x, 0.0, jax.lax.add, (1, 1, 1, n), (1, 1, 1, 1),
-                                [(0, 0), (0, 0), (0, 0), (lo, n - 1 - lo)])
-      return x * (a["kappa"] + a["alpha"] * s) ** (-a["beta"])
-    if op.kind == "identity":
-      return x
-    if op.kind == "softmax":
-      return jax.nn.softmax(x, axis=-1)
-    if op.kind == "sigmoid":
-      return jax.nn.sigmoid(x)
-    if op.kind == "concat":
-      return jnp.concatenate(ins, axis=a["dim"])  # MATLAB dim 1,2,3 = H,W,C = our 1,2,3
-    if op.kind == "sum":
-      return sum(ins)
-    raise MatConvNetError(f"layer {op.name!r}: unknown op {op.kind}")
+def _node(op: Op, bottoms: list[str], top: str):
+  """The netgraph layer of one op."""
+  a = dict(op.attrs)
+  name = op.params or _sanitize(op.name)
+  x = bottoms[0]
+  if op.kind == "conv":
+    t, b, l, r = a["pad"]
+    return netgraph.Conv(name, x, a["cout"], a["kernel"], a["stride"], ((t, b), (l, r)),
+                         relu=False, top=top, groups=a["groups"], dilation=a["dilation"])
+  if op.kind == "affine":
+    return netgraph.Affine(name, x, a["channels"], top=top)
+  if op.kind == "pool":
+    t, b, l, r = a["pad"]
+    return netgraph.Pool(name, x, a["method"], a["kernel"], a["stride"], ((t, b), (l, r)),
+                         ceil_mode=False, top=top, count_pad=False)
+  if op.kind == "relu":
+    if a["leak"]:
+      return netgraph.Activation(name, x, "leaky_relu", (a["leak"],), top=top)
+    return netgraph.Activation(name, x, "relu", top=top)
+  if op.kind == "lrn":
+    return netgraph.LRN(name, x, a["n"], a["alpha"], a["beta"], a["kappa"], top=top)
+  if op.kind in ("softmax", "sigmoid"):
+    return netgraph.Activation(name, x, op.kind, top=top)
+  if op.kind == "concat":
+    return netgraph.Concat(name, tuple(bottoms), top=top, axis=a["dim"])
+  if op.kind == "sum":
+    return netgraph.Add(name, tuple(bottoms), top=top)
+  raise MatConvNetError(f"layer {op.name!r}: unknown op {op.kind}")
 
 
 # ---------------------------------------------------------------------------

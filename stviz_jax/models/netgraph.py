@@ -16,22 +16,35 @@ parameter tree in the original layer names:
   `params`; `mean`, `var` in `batch_stats`). `bn_pairs(nodes)` lists the
   pairs for `batchnorm.fold_tree`.
 
-Blobs are always `(N, T, H, W, C)`. A layer with a 2-D kernel `(kh, kw)` runs
-on every time step independently (time folded into the batch), a 3-D kernel
-`(kt, kh, kw)` runs across time, so 2-D two-stream towers, 3-D fusion layers
-and C3D share one executor. Kernels are stored in Flax layout
+Zoo blobs are always `(N, T, H, W, C)`. A layer with a 2-D kernel `(kh, kw)`
+runs on every time step independently (time folded into the batch), a 3-D
+kernel `(kt, kh, kw)` runs across time, so 2-D two-stream towers, 3-D fusion
+layers and C3D share one executor. Kernels are stored in Flax layout
 `(kh, kw, C_in, C_out)` or `(kt, kh, kw, C_in, C_out)`; `Dense` kernels are
 `(H * W * C_in, C_out)` over each time step's input flattened in `(H, W, C)`
 order.
 
-Pooling follows Caffe (`ceil_mode=True`): the output has
-`ceil((n + 2p - k) / s) + 1` positions, minus one if the last window would
-start in the padding; average pooling divides by the window's overlap with
-the padded input `[-p, n + p)`, as Caffe does. With `ceil_mode=False` it is
-floor rounding (MatConvNet's VGG and ResNet pools).
+The Caffe and MatConvNet converters build into the same executor (one place
+to fix a layer, and their convolutions and max pools take the fast paths of
+`layers.Conv` / `conv_for` and `pooling.max_pool`): their blobs keep the
+source's rank (`(N, H, W, C)` for image nets, `(N, C)` after a fully
+connected layer), a `Net` may name a blob by several features (`tap_names`)
+and return its logits as they are (`logits_reduce`), and their layers use
+the nodes the zoo does not (`Activation`, `Affine`, `LRN`, `Eltwise`,
+`Reshape`, `Constant`; grouped, dilated, asymmetrically padded `Conv`).
 
-Size (~540 lines): one concept, the layer graph - its node types, the Flax
-module that runs it, its parameter shapes and random initialisation.
+Pooling is one function, `pool`, for both rounding rules. Caffe's
+(`ceil_mode=True`): the output has `ceil((n + 2p - k) / s) + 1` positions,
+minus one if the last window would start in the padding; average pooling
+divides by the window's overlap with the padded input `[-p, n + p)`. With
+`ceil_mode=False` it is floor rounding (MatConvNet's VGG and ResNet pools),
+and `count_pad=False` divides by the window's overlap with the input alone
+(MatConvNet's average pooling).
+
+Size (~820 lines): one concept, the layer graph - its node types (the zoo's
+and the converted Caffe / MatConvNet layers'), the Flax module that runs
+them, its parameter shapes and random initialisation; a node kind moved to
+another module would put its meaning apart from its execution.
 """
 
 from __future__ import annotations
@@ -60,11 +73,14 @@ class Conv:
     features: output channels.
     kernel: `(kh, kw)` per frame or `(kt, kh, kw)` across time.
     stride: per kernel axis (default 1).
-    pad: symmetric zero padding per kernel axis (default 0).
+    pad: zero padding per kernel axis (default 0): `p` on both sides or
+      `(lo, hi)` (MatConvNet's `[top bottom left right]`).
     bn: name of the batch-norm layer that follows (same parent path).
     relu: apply ReLU after (batch norm and) the convolution.
     bias: whether the original convolution has a bias.
     top: output blob (default `name`).
+    groups: feature groups (Caffe `group`; kernel `(..., C_in / groups, C_out)`).
+    dilation: kernel dilation per kernel axis (default 1).
   """
 
   name: str
@@ -72,19 +88,23 @@ class Conv:
   features: int
   kernel: tuple[int, ...]
   stride: tuple[int, ...] | None = None
-  pad: tuple[int, ...] | None = None
+  pad: tuple[int | tuple[int, int], ...] | None = None
   bn: str | None = None
   relu: bool = True
   bias: bool = True
   top: str | None = None
+  groups: int = 1
+  dilation: tuple[int, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Pool:
-  """Max or average pooling; `ceil_mode` as Caffe (see module docstring).
+  """Max or average pooling (see `pool` and the module docstring).
 
   `kernel=()` pools globally over space (each frame's `H x W`), which is what
-  the 7x7 / 8x8 head pools of the Caffe nets do at their native size.
+  the 7x7 / 8x8 head pools of the Caffe nets do at their native size. `pad`
+  entries are `p` or `(lo, hi)`; `count_pad=False` divides an average by the
+  window's in-input pixels only (MatConvNet) instead of Caffe's rule.
   """
 
   name: str
@@ -92,42 +112,140 @@ class Pool:
   kind: str  # "max" | "avg"
   kernel: tuple[int, ...]
   stride: tuple[int, ...] | None = None
-  pad: tuple[int, ...] | None = None
+  pad: tuple[int | tuple[int, int], ...] | None = None
   ceil_mode: bool = True
   top: str | None = None
+  count_pad: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
 class Concat:
-  """Channel concatenation of `bottoms`, in order."""
+  """Concatenation of `bottoms`, in order, along `axis` (default channels)."""
 
   name: str
   bottoms: tuple[str, ...]
   top: str | None = None
+  axis: int = -1
 
 
 @dataclasses.dataclass(frozen=True)
 class Add:
-  """Element-wise sum of `bottoms` (+ optional ReLU)."""
+  """Element-wise sum of `bottoms`, each times its `coeffs` entry if given (+ ReLU)."""
 
   name: str
   bottoms: tuple[str, ...]
   relu: bool = False
   top: str | None = None
+  coeffs: tuple[float, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Eltwise:
+  """Element-wise product (`op='prod'`) or maximum (`op='max'`) of `bottoms`."""
+
+  name: str
+  bottoms: tuple[str, ...]
+  op: str
+  top: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Dense:
-  """Fully connected layer on each time step's `(H, W, C)` input (+ ReLU)."""
+  """Fully connected layer (+ ReLU).
+
+  `frames=True`: on each time step's `(H, W, C)` input (zoo blobs); False:
+  on each example's whole blob flattened channels last (converted nets).
+  """
 
   name: str
   bottom: str
   features: int
   relu: bool = False
   top: str | None = None
+  frames: bool = True
 
 
-Node = Conv | Pool | Concat | Add | Dense
+@dataclasses.dataclass(frozen=True)
+class Activation:
+  """A function of each value (over channels for 'softmax').
+
+  `fn`: 'relu' (the redirectable `layers.relu`), 'leaky_relu' (`args =
+  (slope,)`), 'sigmoid', 'tanh', 'abs', 'softmax' or 'power' (`args =
+  (power, scale, shift)`: Caffe's `(shift + scale * x) ** power`).
+  """
+
+  name: str
+  bottom: str
+  fn: str
+  args: tuple[float, ...] = ()
+  top: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Affine:
+  """Per-channel `scale * x + shift` of `channels` channels (params `scale`, `shift`).
+
+  A batch norm or Scale layer that could not be folded into a convolution.
+  """
+
+  name: str
+  bottom: str
+  channels: int
+  top: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LRN:
+  """Local response normalisation `x * (k + alpha * sum x^2) ** -beta`.
+
+  The sum runs over `size` neighbouring channels (`region='across'`, the
+  window starting `(size - 1) // 2` channels before) or over a `size x size`
+  spatial window of each channel of an `(N, H, W, C)` blob (`'within'`), zero
+  padded. `alpha` multiplies the sum as it is: Caffe's `alpha / size` (across)
+  or `alpha / size ** 2` (within, with `k = 1`), MatConvNet's `alpha`.
+  """
+
+  name: str
+  bottom: str
+  size: int
+  alpha: float
+  beta: float
+  k: float = 1.0
+  region: str = "across"
+  top: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Reshape:
+  """Each example reshaped to `shape`, in Caffe's channel-major order.
+
+  Caffe reshapes `(C, [T,] H, W)` arrays, so the channels move to axis 1
+  before and back to the end after (a 1-D `shape` is Caffe's Flatten).
+  """
+
+  name: str
+  bottom: str
+  shape: tuple[int, ...]
+  top: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Constant:
+  """`value` in a blob of per-example shape `shape`, batch and dtype of `bottom`.
+
+  A Caffe data layer's label top: only the (dropped) loss layers use it, but a
+  Split or Gather in front of them still reads it.
+  """
+
+  name: str
+  bottom: str
+  shape: tuple[int, ...] = ()
+  value: float = 0.0
+  top: str | None = None
+
+
+Node = (Conv | Pool | Concat | Add | Eltwise | Dense | Activation | Affine | LRN | Reshape
+        | Constant)
 
 
 def top(node: Node) -> str:
@@ -140,50 +258,133 @@ def bn_pairs(nodes: Sequence[Node]) -> dict[str, str]:
 
 
 def _per_frame(fn, x, ndim):
-  """Applies `fn` to `x (N, T, ...)`; 2-D ops see time folded into the batch."""
-  if ndim == 3:
+  """Applies `fn` to `x`; an op over fewer axes sees time folded into the batch.
+
+  A blob with `ndim` axes between batch and channels (`(N, H, W, C)` for a
+  2-D kernel, `(N, T, H, W, C)` for a 3-D one) goes to `fn` as it is; a 2-D
+  op on `(N, T, H, W, C)` runs on each time step.
+  """
+  if x.ndim == ndim + 2:
     return fn(x)
   n, t = x.shape[:2]
   y = fn(x.reshape((n * t,) + x.shape[2:]))
   return y.reshape((n, t) + y.shape[1:])
 
 
+def _pairs(pad: Sequence[int | tuple[int, int]]) -> list[tuple[int, int]]:
+  """Padding entries `p` or `(lo, hi)` as `(lo, hi)` pairs."""
+  return [(p, p) if isinstance(p, (int, np.integer)) else (int(p[0]), int(p[1]))
+          for p in pad]
+
+
+def pool_size(n: int, k: int, s: int, pad: int | tuple[int, int], ceil_mode: bool) -> int:
+  """Windows of pooling `k` every `s` over `n` positions padded by `pad` (see `pool`)."""
+  lo, hi = _pairs((pad,))[0]
+  if not ceil_mode:
+    return (n + lo + hi - k) // s + 1
+  o = int(math.ceil((n + lo + hi - k) / s)) + 1
+  # Caffe drops a last window that would start in the (low-side) padding.
+  if lo > 0 and (o - 1) * s >= n + lo:
+    o -= 1
+  return o
+
+
 def pool(x: jax.Array, kind: str, kernel: Sequence[int], stride: Sequence[int],
-         pad: Sequence[int], ceil_mode: bool) -> jax.Array:
-  """Caffe/MatConvNet pooling of `x (B, *spatial, C)` over its spatial axes."""
+         pad: Sequence[int | tuple[int, int]], ceil_mode: bool,
+         count_pad: bool = True) -> jax.Array:
+  """Caffe/MatConvNet pooling of `x (B, *spatial, C)` over its spatial axes.
+
+  Args:
+    x: `(B, *spatial, C)`.
+    kind: 'max' or 'avg'.
+    kernel, stride: one entry per spatial axis.
+    pad: per spatial axis `p` or `(lo, hi)`.
+    ceil_mode: Caffe's rounding (`ceil((n + lo + hi - k) / s) + 1` windows,
+      minus a last one that would start in the padding); False: floor.
+    count_pad: an average divides by the window's overlap with the padded
+      input `[-lo, n + hi)` (Caffe); False: with the input `[0, n)` alone
+      (MatConvNet). Neither counts what ceil rounding adds beyond `hi`.
+
+  Returns:
+    `(B, *out, C)`.
+  """
   spatial = x.shape[1:-1]
-  lo_hi, out = [], []
-  for n, k, s, p in zip(spatial, kernel, stride, pad):
-    if ceil_mode:
-      o = int(math.ceil((n + 2 * p - k) / s)) + 1
-      if p > 0 and (o - 1) * s >= n + p:
-        o -= 1
-    else:
-      o = (n + 2 * p - k) // s + 1
+  pads = _pairs(pad)
+  lo_hi, out, counts = [], [], []
+  for n, k, s, (lo, hi) in zip(spatial, kernel, stride, pads):
+    o = pool_size(n, k, s, (lo, hi), ceil_mode)
     if o < 1:
       raise ValueError(f"pooling window {tuple(kernel)} is larger than its "
                        f"input {tuple(spatial)}")
     out.append(o)
-    lo_hi.append((p, max((o - 1) * s + k - n - p, 0)))
-  window = (1,) + tuple(kernel) + (1,)
-  strides = (1,) + tuple(stride) + (1,)
-  padding = ((0, 0),) + tuple(lo_hi) + ((0, 0),)
+    lo_hi.append((lo, max((o - 1) * s + k - n - lo, 0)))
+    start = np.arange(o) * s - lo
+    first, end = (-lo, n + hi) if count_pad else (0, n)
+    counts.append(np.minimum(start + k, end) - np.maximum(start, first))
   crop = (slice(None),) + tuple(slice(0, o) for o in out) + (slice(None),)
   if kind == "max":
     return pooling.max_pool(x, kernel, stride, lo_hi)[crop]
   if kind != "avg":
     raise ValueError(f"unknown pooling {kind!r}; valid: 'max', 'avg'")
+  window = (1,) + tuple(kernel) + (1,)
+  strides = (1,) + tuple(stride) + (1,)
+  padding = ((0, 0),) + tuple(lo_hi) + ((0, 0),)
   total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, padding)
-  # Caffe's divisor: the window's overlap with [-p, n + p), padding included.
-  ones = np.ones((1,) + spatial + (1,), np.float32)
-  ones = np.pad(ones, ((0, 0),) + tuple((p, p) for p in pad) + ((0, 0),),
-                constant_values=1.0)
-  extra = ((0, 0),) + tuple((0, max(hi - p, 0)) for (p, hi) in
-                            zip(pad, (h for _, h in lo_hi))) + ((0, 0),)
-  ones = np.pad(ones, extra)
-  count = jax.lax.reduce_window(jnp.asarray(ones), 0.0, jax.lax.add, window,
-                                strides, "VALID")
-  return total[crop] / count[crop]
+  count = counts[0].astype(np.float32)
+  for c in counts[1:]:
+    count = np.multiply.outer(count, c.astype(np.float32))
+  return total[crop] / jnp.asarray(count)[None, ..., None]
+
+
+def lrn(x: jax.Array, size: int, alpha: float, beta: float, k: float = 1.0,
+        region: str = "across") -> jax.Array:
+  """Local response normalisation of channels-last `x` (see `LRN`)."""
+  lo = (size - 1) // 2
+  if region == "across":
+    window = (1,) * (x.ndim - 1) + (size,)
+    pads = [(0, 0)] * (x.ndim - 1) + [(lo, size - 1 - lo)]
+  elif region == "within":
+    if x.ndim != 4:
+      raise ValueError(f"LRN within channels needs an (N, H, W, C) blob, got {x.shape}")
+    window = (1, size, size, 1)
+    pads = [(0, 0), (lo, size - 1 - lo), (lo, size - 1 - lo), (0, 0)]
+  else:
+    raise ValueError(f"unknown LRN region {region!r}; valid: 'across', 'within'")
+  s = jax.lax.reduce_window(x * x, 0.0, jax.lax.add, window, (1,) * x.ndim, pads)
+  return x * (k + alpha * s) ** (-beta)
+
+
+def activation(x: jax.Array, fn: str, args: Sequence[float] = ()) -> jax.Array:
+  """`Activation` node's function (see there)."""
+  if fn == "relu":
+    return layers.relu(x)
+  if fn == "leaky_relu":
+    return jnp.where(x > 0, x, args[0] * x)
+  if fn == "power":
+    power, scale, shift = args
+    return (shift + scale * x) ** power
+  simple = {"sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "abs": jnp.abs,
+            "softmax": lambda v: jax.nn.softmax(v, axis=-1)}
+  if fn not in simple:
+    raise ValueError(f"unknown activation {fn!r}; valid: relu, leaky_relu, power, "
+                     + ", ".join(simple))
+  return simple[fn](x)
+
+
+def _channel_major(x, to_caffe: bool):
+  """Channels last <-> Caffe's channels at axis 1 (vectors `(N, C)` unchanged)."""
+  if x.ndim <= 2:
+    return x
+  return jnp.moveaxis(x, -1, 1) if to_caffe else jnp.moveaxis(x, 1, -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+  """What every layer of one `Net` shares (see `Net`)."""
+
+  folded: bool
+  bn_eps: float
+  precision: Any
 
 
 class _Block(nn.Module):
@@ -191,15 +392,14 @@ class _Block(nn.Module):
 
   nodes: tuple
   depth: int
-  folded: bool
-  bn_eps: float
+  settings: _Settings
 
   @nn.compact
   def __call__(self, blobs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    return _execute(self.nodes, self.depth, self.folded, self.bn_eps, blobs)
+    return _execute(self.nodes, self.depth, self.settings, blobs)
 
 
-def _execute(nodes, depth, folded, bn_eps, blobs):
+def _execute(nodes, depth, settings, blobs):
   """Runs `nodes` in the current Flax scope; returns the blobs they produce.
 
   Layers are created here, inside the calling module's compact method, so a
@@ -210,51 +410,94 @@ def _execute(nodes, depth, folded, bn_eps, blobs):
   new = {}
   for kind, key, group in _groups(nodes, depth):
     if kind == "block":
-      out = _Block(group, depth + 1, folded, bn_eps, name=key)(blobs)
+      out = _Block(group, depth + 1, settings, name=key)(blobs)
     else:
-      out = {top(group): _apply(group, depth, folded, bn_eps, blobs)}
+      out = {top(group): _apply(group, depth, settings, blobs)}
     blobs.update(out)
     new.update(out)
   return new
 
 
-def _apply(node, depth, folded, bn_eps, blobs):
+def _apply(node, depth, settings, blobs):
   leaf = lambda path: path.split("/")[depth]
   if isinstance(node, Conv):
     x = blobs[node.bottom]
     nd = len(node.kernel)
     stride = node.stride or (1,) * nd
     pad = node.pad or (0,) * nd
-    conv = layers.Conv(node.features, node.kernel, stride,
-                   padding=[(p, p) for p in pad],
-                   use_bias=folded or node.bias or not node.bn,
-                   kernel_init=_HE_INIT, name=leaf(node.name),
-                   conv_general_dilated=layers.conv_for(top(node)))
+    conv = layers.Conv(node.features, node.kernel, stride, padding=_pairs(pad),
+                       kernel_dilation=node.dilation, feature_group_count=node.groups,
+                       use_bias=settings.folded or node.bias or not node.bn,
+                       kernel_init=_HE_INIT, precision=settings.precision,
+                       name=leaf(node.name),
+                       conv_general_dilated=layers.conv_for(top(node)))
     y = _per_frame(conv, x, nd)
-    if node.bn and not folded:
-      y = nn.BatchNorm(use_running_average=True, epsilon=bn_eps,
+    if node.bn and not settings.folded:
+      y = nn.BatchNorm(use_running_average=True, epsilon=settings.bn_eps,
                        name=leaf(node.bn))(y)
     return layers.relu(y) if node.relu else y
   if isinstance(node, Pool):
     x = blobs[node.bottom]
-    kernel = node.kernel or x.shape[2:4]  # () = global over space
+    kernel = node.kernel or x.shape[-3:-1]  # () = global over space
     nd = len(kernel)
     stride = node.stride or kernel
     pad = node.pad or (0,) * nd
-    fn = lambda v: pool(v, node.kind, kernel, stride, pad, node.ceil_mode)
+    fn = lambda v: pool(v, node.kind, kernel, stride, pad, node.ceil_mode,
+                        node.count_pad)
     return _per_frame(fn, x, nd)
   if isinstance(node, Concat):
-    return jnp.concatenate([blobs[b] for b in node.bottoms], axis=-1)
+    return jnp.concatenate([blobs[b] for b in node.bottoms], axis=node.axis)
   if isinstance(node, Add):
-    y = sum(blobs[b] for b in node.bottoms)
+    if node.coeffs:
+      y = sum(c * blobs[b] for c, b in zip(node.coeffs, node.bottoms))
+    else:
+      y = sum(blobs[b] for b in node.bottoms)
     return layers.relu(y) if node.relu else y
+  if isinstance(node, Eltwise):
+    combine = {"prod": jnp.multiply, "max": jnp.maximum}.get(node.op)
+    if combine is None:
+      raise ValueError(f"layer {node.name!r}: unknown Eltwise op {node.op!r}; "
+                       "valid: 'prod', 'max' (a sum is `Add`)")
+    y = blobs[node.bottoms[0]]
+    for b in node.bottoms[1:]:
+      y = combine(y, blobs[b])
+    return y
   if isinstance(node, Dense):
     x = blobs[node.bottom]
-    if x.ndim == 5:
+    if not node.frames:
+      x = x.reshape(x.shape[0], -1)
+    elif x.ndim == 5:
       x = x.reshape(x.shape[:2] + (-1,))
-    y = nn.Dense(node.features, kernel_init=_HE_INIT, name=leaf(node.name))(x)
+    y = nn.Dense(node.features, kernel_init=_HE_INIT, precision=settings.precision,
+                 name=leaf(node.name))(x)
     return layers.relu(y) if node.relu else y
+  if isinstance(node, Activation):
+    return activation(blobs[node.bottom], node.fn, node.args)
+  if isinstance(node, Affine):
+    x = blobs[node.bottom]
+    scope = _AffineParams(node.channels, name=leaf(node.name))
+    scale, shift = scope()
+    return x * scale + shift
+  if isinstance(node, LRN):
+    return lrn(blobs[node.bottom], node.size, node.alpha, node.beta, node.k, node.region)
+  if isinstance(node, Reshape):
+    x = _channel_major(blobs[node.bottom], to_caffe=True)
+    return _channel_major(x.reshape((x.shape[0],) + tuple(node.shape)), to_caffe=False)
+  if isinstance(node, Constant):
+    x = blobs[node.bottom]
+    return jnp.full((x.shape[0],) + tuple(node.shape), node.value, x.dtype)
   raise TypeError(f"unknown layer spec {node!r}")
+
+
+class _AffineParams(nn.Module):
+  """The `scale` (ones) and `shift` (zeros) of an `Affine` node."""
+
+  channels: int
+
+  @nn.compact
+  def __call__(self):
+    return (self.param("scale", nn.initializers.ones, (self.channels,)),
+            self.param("shift", nn.initializers.zeros, (self.channels,)))
 
 
 def _groups(nodes, depth):
@@ -283,11 +526,23 @@ class Net(nn.Module):
   Attributes:
     nodes: the layers in execution order.
     taps: blobs returned as features, in network order.
-    logits: blob(s) whose mean over time (and sum over the listed blobs, with
-      `logit_weights`) are the logits.
+    logits: blob(s) whose mean over time (or other `logits_reduce`), summed
+      over the listed blobs with `logit_weights`, are the logits.
     folded: batch norm folded into the convolutions (see module docstring).
     bn_eps: epsilon of the unfolded batch norm.
     inputs: per stream, how it becomes a blob (see `prepare_inputs`).
+    tap_names: the feature name of each of `taps` (default: the blob names;
+      converted nets name one blob several times, e.g. a convolution and the
+      batch norm folded into it).
+    logits_reduce: how the `logits` blobs become logits: 'mean' over time and
+      space (the zoo heads), 'none' (as they are: a Caffe net's last layer)
+      or 'squeeze' (1 x 1 spatial axes dropped: MatConvNet's convolutional
+      classifiers).
+    precision: of the convolutions and dense layers (`jax.lax.Precision`;
+      the converters ask for HIGHEST to match Caffe / MatConvNet outputs).
+
+  `__call__(inputs)` takes `{stream: array}`, or the array alone for a net of
+  one input, and returns `(logits, {feature name: array})`.
   """
 
   nodes: tuple
@@ -297,20 +552,44 @@ class Net(nn.Module):
   folded: bool = True
   bn_eps: float = 1e-5
   inputs: tuple = ()
+  tap_names: tuple[str, ...] = ()
+  logits_reduce: str = "mean"
+  precision: Any = None
 
   @nn.compact
-  def __call__(self, inputs: Mapping[str, jax.Array]):
+  def __call__(self, inputs: Mapping[str, jax.Array] | jax.Array):
+    if not isinstance(inputs, Mapping):
+      if len(self.inputs) != 1:
+        raise ValueError(f"a net of {len(self.inputs)} inputs takes a dict "
+                         f"{{stream: array}}, not one array")
+      inputs = {self.inputs[0].stream: inputs}
     blobs = prepare_inputs(inputs, self.inputs)
-    blobs.update(_execute(self.nodes, 0, self.folded, self.bn_eps, blobs))
+    settings = _Settings(self.folded, self.bn_eps, self.precision)
+    blobs.update(_execute(self.nodes, 0, settings, blobs))
+    if self.logits_reduce not in _LOGIT_REDUCTIONS:
+      raise ValueError(f"unknown logits_reduce {self.logits_reduce!r}; valid: "
+                       + ", ".join(_LOGIT_REDUCTIONS))
+    reduce = _LOGIT_REDUCTIONS[self.logits_reduce]
     weights = self.logit_weights or (1.0,) * len(self.logits)
-    logits = sum(w * _time_mean(blobs[b]) for w, b in zip(weights, self.logits))
-    feats = {t: _squeeze_time(blobs[t]) for t in self.taps}
+    logits = sum(w * reduce(blobs[b]) for w, b in zip(weights, self.logits))
+    names = self.tap_names or self.taps
+    feats = {name: _squeeze_time(blobs[t]) for name, t in zip(names, self.taps)}
     return logits, feats
 
 
 def _time_mean(x):
   """Logits `(N, T, [1, 1,] K)` averaged over time and space -> `(N, K)`."""
   return x.reshape(x.shape[0], -1, x.shape[-1]).mean(axis=1)
+
+
+def _squeeze_spatial(x):
+  """`(N, 1, 1, K)` -> `(N, K)`; any other blob as it is."""
+  if x.ndim == 4 and x.shape[1:3] == (1, 1):
+    return x[:, 0, 0]
+  return x
+
+
+_LOGIT_REDUCTIONS = {"mean": _time_mean, "none": lambda x: x, "squeeze": _squeeze_spatial}
 
 
 def _squeeze_time(x):
