@@ -257,6 +257,17 @@ def _bnorm(mult, bias, moments, where) -> tuple[np.ndarray, np.ndarray]:
   return s, b - m[:, 0] * s
 
 
+def _add_params(weights: dict, name: str, params, where: str) -> str | None:
+  """Files a layer's parameters under its sanitised name (None: it has none)."""
+  if params is None:
+    return None
+  key = _sanitize(name)
+  if key in weights:
+    raise MatConvNetError(f"{where}: two layers map to parameter name {key!r}")
+  weights[key] = params
+  return key
+
+
 def _simple_ops(net, path, size):
   ops, weights = [], {}
   layers = _cells(_get(net, "layers"))
@@ -272,12 +283,7 @@ def _simple_ops(net, path, size):
     kind, attrs, params = _layer(ltype, layer, where)
     if kind is None:
       continue
-    key = None
-    if params is not None:
-      key = _sanitize(name)
-      if key in weights:
-        raise MatConvNetError(f"{where}: two layers map to parameter name {key!r}")
-      weights[key] = params
+    key = _add_params(weights, name, params, where)
     ops.append(Op(kind, name, (x,), (y,), tuple(sorted(attrs.items())), key))
     x = y
   return ops, weights, (("input", size),)
@@ -385,12 +391,7 @@ def _dag_ops(net, path, size):
       continue
     okind, attrs, wts = _layer(kind, block, where,
                                [params[p] for p in pnames] if pnames else None)
-    key = None
-    if wts is not None:
-      key = _sanitize(name)
-      if key in weights:
-        raise MatConvNetError(f"{where}: two layers map to parameter name {key!r}")
-      weights[key] = wts
+    key = _add_params(weights, name, wts, where)
     ops.append(Op(okind, name, ins, outs, tuple(sorted(attrs.items())), key))
   unused = [p for p in params if p not in used]
   common.check_complete(path, unexpected=[f"net.params '{p}'" for p in unused])

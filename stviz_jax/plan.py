@@ -27,7 +27,7 @@ from stviz_jax.models import LOGITS, Model
 def _units_syntax(model: models.Model, layer: str) -> str:
   n = model.spec.num_units(layer)
   names = layer == models.LOGITS and bool(model.labels)
-  return (f"valid: 'all', a range '0-7', a list '1,4,9'"
+  return ("valid: 'all', a range '0-7', a list '1,4,9'"
           + (", class names separated by ';'" if names else "")
           + f"; units of layer {layer!r} are 0..{n - 1}")
 
