@@ -88,11 +88,13 @@ class Bar:
   computed (`skip`) advance the bar but not the rate.
   """
 
-  def __init__(self, desc: str, total: int, unit: str, enabled: bool = True):
+  def __init__(self, desc: str, total: int, unit: str, enabled: bool = True,
+               noun: str | None = None):
     with warnings.catch_warnings():  # without ipywidgets a notebook gets the text bar.
       warnings.simplefilter("ignore")
       from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
     self.desc, self.total, self.unit = desc, int(total), unit
+    self.noun = noun or f"{unit}s"  # what the log line counts, e.g. "(unit, setting) pairs".
     self.bar = tqdm(total=self.total, desc=desc, unit=unit, disable=not enabled,
                     dynamic_ncols=True)
     self.done = self.computed = 0
@@ -103,16 +105,18 @@ class Bar:
     self.done += n
     self.bar.update(n)
 
-  def update(self, n: int, log: bool = True) -> None:
-    """`n` more items computed; logs done/total, rate and ETA when `log`."""
+  def update(self, n: int, log: bool = True, where: str = "") -> None:
+    """`n` more items computed; logs `where` (e.g. "chunk 2/5, "), done/total, rate
+    and ETA when `log`."""
     n = min(n, self.total - self.done)
     self.done += n
     self.computed += n
     self.bar.update(n)
     if log:
       rate = self.computed / max(time.time() - self.t0, 1e-9)
-      logging.info("%s: %d/%d %ss, %.2f %ss/s, ETA %.0fs", self.desc, self.done, self.total,
-                   self.unit, rate, self.unit, (self.total - self.done) / max(rate, 1e-9))
+      logging.info("%s: %s%d/%d %s, %.2f %ss/s, ETA %.0fs", self.desc, where, self.done,
+                   self.total, self.noun, rate, self.unit,
+                   (self.total - self.done) / max(rate, 1e-9))
 
   def close(self) -> None:
     self.bar.close()

@@ -274,7 +274,8 @@ def compute(model: models.Model, dataset: clips_lib.ClipDataset, layers: Sequenc
       log = done % log_every == 0 or done == n_batches
       if log:
         jax.block_until_ready(state)
-      bar.update(min(done * batch_size, n) - bar.done, log=log)
+      bar.update(min(done * batch_size, n) - bar.done, log=log,
+                 where=f"batch {done}/{n_batches}, ")
   state = jax.device_get(state)
   if state_path:
     _save_state(state_path, state, n_batches, fingerprint)

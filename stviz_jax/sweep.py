@@ -200,8 +200,9 @@ def run_sweep(vis: Visualizer, units: Sequence[int],
   outs = []
   t0 = time.time()
   compile_s = 0.0
-  with progress_lib.Bar(f"{vis.layer}: sweep", len(elements), "pair",
-                         bool(config_lib.complete(config).progress_bar)) as bar:
+  with progress_lib.Bar(vis.layer, len(elements), "unit",
+                         bool(config_lib.complete(config).progress_bar),
+                         noun="(unit, setting) pairs") as bar:
     for i in range(n_chunks):
       part = padded[i * chunk:(i + 1) * chunk]
       n_part = min(chunk, len(elements) - i * chunk)
@@ -227,7 +228,7 @@ def run_sweep(vis: Visualizer, units: Sequence[int],
       if store:
         store.save(i, out)
       outs.append(out)
-      bar.update(n_part)
+      bar.update(n_part, where=f"chunk {i + 1}/{n_chunks}, ")
   total = time.time() - t0
   logging.info("%s: sweep of %d pairs done in %.1fs (of which compilation %.1fs, "
                "%d chunks restored, %d compilation(s))", vis.layer, len(elements), total,
