@@ -321,3 +321,20 @@ def test_torchvision_vgg16_matches_torch():
   # AdaptiveAvgPool2d((7, 7)) needs a 7 x 7 (or 14, 21, ...) pool5: 224 x 224 input.
   _assert_close(compare(_image("vgg16"), torch.randn(1, 3, 224, 224),
                         ["features.0", "features.16", "features.28", "classifier.0"]))
+
+
+def test_main_job_runs_on_a_converted_weights_dir(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from converters import torch_graph as cli  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / "w")
+  assert cli.main(["--model", "torch_nets.MeanHead", "--out", out, "--input", "3,4,16,16"]) == 0
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  work = str(tmp_path / "vis")
+  p = subprocess.run([sys.executable, "-m", "stviz_jax.main",
+                      f"--config=configs/torch_graph.py:{out},quick", f"--workdir={work}",
+                      "--config.layer=conv2", "--config.units=0-1"],
+                     cwd=root, capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-2000:]
+  summary = json.load(open(os.path.join(work, "summary.json")))
+  assert summary["model"] == "MeanHead" and "conv2" in summary["targets"]
