@@ -32,13 +32,14 @@ def rel_err(got, ref) -> float:
   return float(np.abs(got - ref).max() / np.abs(ref).max())
 
 
-def channels_last(t, two_d: bool) -> np.ndarray:
-  """A PyTorch output as the converted tap: channels last, a 2-D tower's time axis 1."""
+def channels_last(t, like) -> np.ndarray:
+  """A PyTorch output as the converted tap `like`: channels last, and a time axis of
+  1 where the converted blob keeps one (2-D towers, a mean over time)."""
   a = t.detach().numpy()
   if a.ndim <= 2:
     return a
   a = np.moveaxis(a, 1, -1)
-  return a[:, None] if two_d and a.ndim == 4 else a
+  return a[:, None] if np.ndim(like) == a.ndim + 1 else a
 
 
 def compare(module, x, taps=(), stream="rgb", **kwargs) -> dict[str, float]:
@@ -51,13 +52,12 @@ def compare(module, x, taps=(), stream="rgb", **kwargs) -> dict[str, float]:
     ref = module(x)
   for h in hooks:
     h.remove()
-  two_d = x.ndim == 4
-  inputs = {stream: (torch_graph.flow_input(x) if two_d and stream == "flow"
+  inputs = {stream: (torch_graph.flow_input(x) if x.ndim == 4 and stream == "flow"
                      else torch_graph.torch_input(x))}
   feats = model.activations(inputs, list(taps) + ["logits"])
   errs = {"logits": rel_err(feats["logits"], ref.numpy())}
   for t in taps:
-    errs[t] = rel_err(feats[t], channels_last(outputs[t], two_d))
+    errs[t] = rel_err(feats[t], channels_last(outputs[t], feats[t]))
   return errs
 
 
@@ -80,6 +80,11 @@ def test_mean_head_adaptive_pool_and_activations_match_torch():
   module = torch_nets.randomize(torch_nets.MeanHead(), seed=1)
   x = torch.randn(2, 3, 4, 16, 16)
   _assert_close(compare(module, x, ["bn1", "conv2", "pool", "fc"]))
+
+
+def test_more_functional_forms_match_torch():
+  module = torch_nets.randomize(torch_nets.MoreOps(), seed=10)
+  _assert_close(compare(module, torch.randn(2, 3, 4, 8, 8), ["conv", "conv2d", "fc"]))
 
 
 def test_a_linear_after_a_flatten_reads_channels_last_rows():

@@ -98,6 +98,28 @@ class Tower2d(nn.Module):
     return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class MoreOps(nn.Module):
+  """Functional adaptive max pooling, builtin `sum`, scalar `add` with alpha, a
+  mean over time feeding a Conv2d, `torch.sum(keepdim=True)`, a permute and a
+  `reshape(x.shape[0], -1)` to `(N, C)`, tanh-GELU and a softmax."""
+
+  def __init__(self):
+    super().__init__()
+    self.conv = nn.Conv3d(3, 6, 3, padding=1)
+    self.conv2d = nn.Conv2d(6, 6, 3, padding=1, groups=3)
+    self.fc = nn.Linear(6, 6)
+    self.gelu = nn.GELU(approximate="tanh")
+
+  def forward(self, x):
+    a = self.conv(x)
+    b = F.adaptive_max_pool3d(a, (2, 4, 4))
+    c = sum([b, b * 2.0, torch.add(b, 1.0, alpha=2)])
+    t = self.conv2d(c.mean(2))
+    s = torch.sum(t, dim=(2, 3), keepdim=True).permute(0, 2, 3, 1)
+    v = s.reshape(s.shape[0], -1)
+    return self.gelu(self.fc(v)) + F.softmax(v, dim=1)
+
+
 class Gate(nn.Module):
   def forward(self, x):
     if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it

@@ -70,7 +70,7 @@ _FUNCTIONS = {
     "mul": "mul", "imul": "mul", "mul_": "mul", "truediv": "div", "div": "div",
     "cat": "cat", "concat": "cat", "concatenate": "cat", "flatten": "flatten",
     "view": "reshape", "reshape": "reshape", "squeeze": "squeeze", "permute": "permute",
-    "transpose": "permute", "mean": "mean", "contiguous": "identity", "dropout": "identity",
+    "transpose": "permute", "mean": "mean", "sum": "sum", "contiguous": "identity", "dropout": "identity",
     "dropout1d": "identity", "dropout2d": "identity", "dropout3d": "identity",
     "alpha_dropout": "identity", "relu": "relu", "relu_": "relu", "relu6": "relu6",
     "leaky_relu": "leaky_relu", "sigmoid": "sigmoid", "tanh": "tanh", "gelu": "gelu",
@@ -91,6 +91,7 @@ _SIGNATURES = {
     "leaky_relu": ("input", "negative_slope"), "gelu": ("input", "approximate"),
     "softmax": ("input", "dim"), "cat": ("tensors", "dim"),
     "flatten": ("input", "start_dim", "end_dim"), "mean": ("input", "dim", "keepdim"),
+    "sum": ("input", "dim", "keepdim"),
     "add": ("input", "other", "alpha"), "sub": ("input", "other", "alpha"),
     "mul": ("input", "other"), "div": ("input", "other"),
 }
@@ -102,7 +103,7 @@ _ACTIVATIONS = ("relu", "relu6", "sigmoid", "tanh", "silu", "hardswish", "hardsi
 SUPPORTED = ("Conv1d/2d/3d, BatchNorm1d/2d/3d, Linear, ReLU, ReLU6, LeakyReLU, Sigmoid, "
              "Tanh, GELU, SiLU, Hardswish, Hardsigmoid, Softmax(dim=1), Max/AvgPool1d/2d/3d, "
              "AdaptiveAvg/MaxPool1d/2d/3d (to 1 or a divisor), Dropout, Identity, Flatten, "
-             "cat, add, sub, mul, div by a scalar, mean over time/space, "
+             "cat, add, sub, mul, div by a scalar, mean/sum over time/space, "
              "flatten/view/reshape/squeeze/permute to (N, C)")
 
 
@@ -393,8 +394,8 @@ class _Converter:
       return self.pool(node, op, a)
     if op in ("adaptive_avg_pool", "adaptive_max_pool"):
       return self.adaptive(node, op, a)
-    if op == "mean":
-      return self.mean(node, a)
+    if op in ("mean", "sum"):
+      return self.mean(node, a, total=op == "sum")
     return self.reshape(node, op, a)
 
   def output(self, node):
@@ -478,8 +479,9 @@ class _Converter:
 
   def arith(self, node, op, a):
     x, y = a["input"], a["other"]
+    alpha = float(a.get("alpha", 1))
     if not isinstance(x, _Value):  # 2 * x, 0 + x
-      if op in ("sub", "div"):
+      if op in ("sub", "div") or alpha != 1:
         self.fail(node, f"scalar {op} with the tensor second")
       x, y = y, x
     if isinstance(y, _Value):
@@ -490,16 +492,17 @@ class _Converter:
             node.name, (x.blob, y.blob), "prod", top=top), base_value=x)
       if op == "div":
         self.fail(node, "division of two tensors")
-      alpha = float(a.get("alpha", 1))
       coeffs = (1.0, alpha if op == "add" else -alpha)
       return self.emit(node, lambda top: netgraph.Add(
           node.name, (x.blob, y.blob), top=top,
           coeffs=() if coeffs == (1.0, 1.0) else coeffs), base_value=x)
     if not isinstance(y, (int, float)):
       self.fail(node, f"{op} with {type(y).__name__}")
-    scale, shift = {"add": (1.0, float(y) * a.get("alpha", 1)),
-                    "sub": (1.0, -float(y) * a.get("alpha", 1)),
-                    "mul": (float(y), 0.0), "div": (1.0 / float(y), 0.0)}[op]
+    y = float(y)
+    if op == "div" and y == 0:
+      self.fail(node, "division by zero")
+    scale, shift = {"add": (1.0, y * alpha), "sub": (1.0, -y * alpha), "mul": (y, 0.0),
+                    "div": (1.0 / y if op == "div" else 1.0, 0.0)}[op]
     if (scale, shift) == (1.0, 0.0):
       self.values[node] = x
       return None
@@ -573,18 +576,25 @@ class _Converter:
       stride.append(1 if o == 1 else n // o)
     return self.emit_pool(node, op.split("_")[1], x, kernel, stride, (0,) * nd, False)
 
-  def mean(self, node, a):
+  def mean(self, node, a, total: bool = False):
+    """`x.mean(dims)` (or with `total` `x.sum(dims)`) over time and space."""
     x = a["input"]
     rank = len(x.shape)
     dims = a["dim"]
     dims = tuple(range(rank)) if dims is None else _tup(dims, 1)
     dims = sorted({d % rank for d in dims})
     if not dims or dims[0] < 2:
-      self.fail(node, f"mean over dims {dims} (only over time and space, dims >= 2)")
+      self.fail(node, f"{'sum' if total else 'mean'} over dims {dims} (only over time and "
+                "space, dims >= 2)")
     kernel = tuple(n if d + 2 in dims else 1 for d, n in enumerate(x.shape[2:]))
     nd = rank - 2
     pooled = self.emit_pool(node, "avg", x, kernel, (1,) * nd, (0,) * nd, False,
                             check=bool(a["keepdim"]))
+    if total:
+      count = float(math.prod(kernel))
+      self.nodes.append(netgraph.Activation(node.name + "_sum", pooled.blob, "power",
+                                            (1.0, count, 0.0), top=pooled.blob + "/sum"))
+      pooled.blob += "/sum"
     if not a["keepdim"]:
       pooled.shape = tuple(n for d, n in enumerate(pooled.shape) if d not in dims)
       self.squeezed(node, pooled, x)
