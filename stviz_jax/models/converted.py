@@ -114,16 +114,17 @@ def load(path: str, *, name: str | None = None) -> base.Model:
         f"{path}: weights directory has no graph (metadata['graph']); it was written "
         f"for architecture {metadata.get('architecture')!r}: load it by that name")
   net, streams = graph_from_json(metadata["graph"], path)
-  m = model(net, variables, streams, name=name or metadata.get("name") or "converted",
-            labels=metadata.get("labels"))
-  check_variables(path, net, streams, m.variables)
-  return m
+  problems = variable_problems(net, streams, variables)
+  if problems:
+    raise checkpoint.ConversionError(f"{path}: variables do not fit the graph: "
+                                     + "; ".join(problems))
+  return model(net, variables, streams, name=name or metadata.get("name") or "converted",
+               labels=metadata.get("labels"))
 
 
-def check_variables(source: str, net: netgraph.Net, streams: Mapping[str, StreamSpec],
-                    variables: Any) -> None:
-  """Raises one `ConversionError` naming every variable missing, unexpected or
-  mis-shaped for `net`."""
+def variable_problems(net: netgraph.Net, streams: Mapping[str, StreamSpec],
+                      variables: Any) -> list[str]:
+  """Every variable missing, unexpected or mis-shaped for `net`, as text."""
   dummy = {k: jax.ShapeDtypeStruct((1,) + s.shape, np.float32) for k, s in streams.items()}
   want = checkpoint.flatten(jax.eval_shape(net.init, jax.random.PRNGKey(0), dummy))
   got = checkpoint.flatten(variables)
@@ -132,10 +133,9 @@ def check_variables(source: str, net: netgraph.Net, streams: Mapping[str, Stream
   problems += [f"{k}: shape {tuple(np.shape(got[k]))}, expected {tuple(want[k].shape)}"
                for k in sorted(set(want) & set(got))
                if tuple(np.shape(got[k])) != tuple(want[k].shape)]
-  if problems:
-    raise checkpoint.ConversionError(
-        f"{source}: {len(problems)} variable(s) do not fit the graph: "
-        + "; ".join(problems[:8]) + ("; ..." if len(problems) > 8 else ""))
+  if len(problems) > 8:
+    problems = problems[:8] + [f"(+{len(problems) - 8} more)"]
+  return problems
 
 
 def _prefixed(net: netgraph.Net, prefix: str, renames: Mapping[str, str] = ()):

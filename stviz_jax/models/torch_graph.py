@@ -39,7 +39,7 @@ followed by a folded batch norm shares its blob with the batch norm); the
 logits are the module's output (an output that is not `(N, K)` is averaged
 over time and space).
 
-Size (~560 lines): one concept, the mapping of traced PyTorch ops to
+Size (~750 lines): one concept, the mapping of traced PyTorch ops to
 netgraph nodes; the op table, its argument normalisation and the weight
 layouts have to be read together.
 """
@@ -70,8 +70,8 @@ _FUNCTIONS = {
     "mul": "mul", "imul": "mul", "mul_": "mul", "truediv": "div", "div": "div",
     "cat": "cat", "concat": "cat", "concatenate": "cat", "flatten": "flatten",
     "view": "reshape", "reshape": "reshape", "squeeze": "squeeze", "permute": "permute",
-    "transpose": "permute", "mean": "mean", "sum": "sum", "contiguous": "identity", "dropout": "identity",
-    "dropout1d": "identity", "dropout2d": "identity", "dropout3d": "identity",
+    "transpose": "permute", "mean": "mean", "sum": "sum", "contiguous": "identity",
+    "dropout": "identity", "dropout1d": "identity", "dropout2d": "identity", "dropout3d": "identity",
     "alpha_dropout": "identity", "relu": "relu", "relu_": "relu", "relu6": "relu6",
     "leaky_relu": "leaky_relu", "sigmoid": "sigmoid", "tanh": "tanh", "gelu": "gelu",
     "silu": "silu", "hardswish": "hardswish", "hardsigmoid": "hardsigmoid",
@@ -143,25 +143,35 @@ def _torch():
   return torch
 
 
-def _leaf_types(torch):
-  nn = torch.nn
-  return (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.Linear,  # pylint: disable=protected-access
-          nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,  # pylint: disable=protected-access
-          nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,  # pylint: disable=protected-access
-          nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU,
-          nn.Hardswish, nn.Hardsigmoid, nn.Softmax, nn.Identity, nn.Flatten,
-          nn.modules.dropout._DropoutNd)  # pylint: disable=protected-access
+def module_kinds(torch) -> list[tuple[type, str]]:
+  """`(module class, op)` for every module kind mapped, most specific first.
+
+  PyTorch's base classes (`_ConvNd`, `_MaxPoolNd`, ...) cover the 1-D, 2-D and
+  3-D forms and subclasses such as torchvision's `Conv3DNoTemporal`.
+  """
+  nn, mods = torch.nn, torch.nn.modules
+  # pylint: disable=protected-access
+  return [(mods.conv._ConvNd, "conv"), (mods.batchnorm._BatchNorm, "batchnorm"),
+          (nn.Linear, "linear"), (mods.pooling._MaxPoolNd, "max_pool"),
+          (mods.pooling._AvgPoolNd, "avg_pool"),
+          (mods.pooling._AdaptiveAvgPoolNd, "adaptive_avg_pool"),
+          (mods.pooling._AdaptiveMaxPoolNd, "adaptive_max_pool"),
+          (mods.dropout._DropoutNd, "identity"), (nn.Identity, "identity"),
+          (nn.Flatten, "flatten"), (nn.ReLU6, "relu6"), (nn.ReLU, "relu"),
+          (nn.LeakyReLU, "leaky_relu"), (nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh"),
+          (nn.GELU, "gelu"), (nn.SiLU, "silu"), (nn.Hardswish, "hardswish"),
+          (nn.Hardsigmoid, "hardsigmoid"), (nn.Softmax, "softmax")]
 
 
 def trace(module, example):
-  """`(GraphModule, module path of each fx node)`, shapes propagated on `example`.
+  """The `torch.fx.GraphModule` of `module`, shapes propagated on `example`.
 
   Raises:
     TorchGraphError: one line naming the module (path and class) being traced
       and the Python construct where tracing failed.
   """
   torch = _torch()
-  leaves = _leaf_types(torch)
+  leaves = tuple(cls for cls, _ in module_kinds(torch))
   failed = []  # the innermost module whose tracing raised
 
   class Tracer(torch.fx.Tracer):
@@ -229,17 +239,16 @@ def _tup(v, n: int) -> tuple:
 class _Converter:
   """Walks the traced graph once, emitting nodes and filling variables."""
 
-  def __init__(self, module, gm, stream: str, ignore: Sequence[str]):
-    self.torch = _torch()
-    self.module, self.gm, self.stream = module, gm, stream
-    self.ignore = tuple(ignore)
+  def __init__(self, module, gm):
+    self.kinds = module_kinds(_torch())
+    self.module, self.gm = module, gm
     self.modules = dict(module.named_modules())
     self.nodes: list = []
     self.params: dict[str, dict[str, np.ndarray]] = {}
+    self.scopes: dict[str, str] = {}  # module path -> its parameter scope
     self.used: set[str] = set()
     self.values: dict[Any, Any] = {}
     self.convs: dict[Any, str] = {}  # fx conv node -> its params scope (for folding)
-    self.problems: list[str] = []
     graph_nodes = list(gm.graph.nodes)
     last = {}
     for n in graph_nodes:
@@ -262,15 +271,20 @@ class _Converter:
     """Adds `make(top)` as the node producing fx `node`'s value."""
     top = self.blob(node)
     self.nodes.append(make(top))
-    ref = base_value
     shape = shape if shape is not None else tuple(node.meta["tensor_meta"].shape)
-    self.values[node] = _Value(top, tuple(shape), ref.extra if extra is None else extra)
+    self.values[node] = _Value(top, tuple(shape),
+                               base_value.extra if extra is None else extra)
     return self.values[node]
 
   def scope(self, node) -> str:
-    name = str(node.target).replace(".", "_")
-    if name in self.params:
+    """The parameter scope of module `node.target` ('layer1.0.conv1' -> 'layer1_0_conv1')."""
+    path = str(node.target)
+    if path in self.scopes:
       self.fail(node, "a module called more than once (shared weights)")
+    name = path.replace(".", "_")
+    while name in self.scopes.values():  # 'a.b' and 'a_b' both exist
+      name += "_"
+    self.scopes[path] = name
     return name
 
   def array(self, path: str, attr: str):
@@ -295,8 +309,6 @@ class _Converter:
     out = dict(_DEFAULTS)
     out.update(zip(names, node.args))
     out.update(node.kwargs)
-    if "input" not in out and "self" in out:
-      out["input"] = out["self"]
     return {k: self.arg(v) for k, v in out.items()}
 
   # -- the walk ----------------------------------------------------------------
@@ -326,45 +338,20 @@ class _Converter:
     raise TorchGraphError("traced graph has no output")
 
   def call_module(self, node, m):
-    nn = self.torch.nn
     x = self.values[node.args[0]] if node.args else None
-    kind = type(m).__name__
-    if isinstance(m, nn.modules.conv._ConvNd):  # pylint: disable=protected-access
+    op = next((op for cls, op in self.kinds if isinstance(m, cls)), None)
+    if op is None:
+      return self.fail(node, f"unsupported module {type(m).__name__}")
+    if op == "conv":
       return self.conv(node, m, x)
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):  # pylint: disable=protected-access
+    if op == "batchnorm":
       return self.batchnorm(node, m, x)
-    if isinstance(m, nn.Linear):
+    if op == "linear":
       return self.linear(node, m, x)
-    if isinstance(m, (nn.modules.dropout._DropoutNd, nn.Identity)):  # pylint: disable=protected-access
-      self.values[node] = x
-      return None
-    if isinstance(m, nn.Flatten):
-      return self.call(node, "flatten", {"input": x, "start_dim": m.start_dim,
-                                         "end_dim": m.end_dim})
-    if isinstance(m, nn.modules.pooling._MaxPoolNd):  # pylint: disable=protected-access
-      return self.call(node, "max_pool", dict(
-          _DEFAULTS, input=x, kernel_size=m.kernel_size, stride=m.stride, padding=m.padding,
-          dilation=m.dilation, ceil_mode=m.ceil_mode, return_indices=m.return_indices))
-    if isinstance(m, nn.modules.pooling._AvgPoolNd):  # pylint: disable=protected-access
-      return self.call(node, "avg_pool", dict(
-          _DEFAULTS, input=x, kernel_size=m.kernel_size, stride=m.stride, padding=m.padding,
-          ceil_mode=m.ceil_mode, count_include_pad=getattr(m, "count_include_pad", True),
-          divisor_override=getattr(m, "divisor_override", None)))
-    for cls, op in ((nn.modules.pooling._AdaptiveAvgPoolNd, "adaptive_avg_pool"),  # pylint: disable=protected-access
-                    (nn.modules.pooling._AdaptiveMaxPoolNd, "adaptive_max_pool")):  # pylint: disable=protected-access
-      if isinstance(m, cls):
-        return self.call(node, op, {"input": x, "output_size": m.output_size})
-    simple = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh",
-              nn.SiLU: "silu", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid"}
-    if type(m) in simple:
-      return self.call(node, simple[type(m)], {"input": x})
-    if isinstance(m, nn.LeakyReLU):
-      return self.call(node, "leaky_relu", {"input": x, "negative_slope": m.negative_slope})
-    if isinstance(m, nn.GELU):
-      return self.call(node, "gelu", {"input": x, "approximate": m.approximate})
-    if isinstance(m, nn.Softmax):
-      return self.call(node, "softmax", {"input": x, "dim": m.dim})
-    return self.fail(node, f"unsupported module {kind}")
+    # The module's attributes are the functional form's arguments (kernel_size, ...).
+    a = dict(_DEFAULTS, input=x)
+    a.update({k: getattr(m, k) for k in _SIGNATURES.get(op, ())[1:] if hasattr(m, k)})
+    return self.call(node, op, a)
 
   def call(self, node, op: str, a: dict):
     x = a.get("input")
@@ -647,14 +634,15 @@ class _Converter:
 
   # -- the result --------------------------------------------------------------
 
-  def check_weights(self, source: str):
-    state = dict(self.module.state_dict(keep_vars=True))
-    unused = [k for k in state if k not in self.used and not k.startswith(self.ignore)]
-    if unused:
-      self.problems.append(f"{len(unused)} parameter(s)/buffer(s) not used by the traced "
-                           f"forward: {', '.join(unused[:8])}"
-                           + (" ..." if len(unused) > 8 else "")
-                           + " (name their modules in ignore=/--ignore to drop them)")
+  def unused(self, ignore: Sequence[str]) -> list[str]:
+    """Problems: parameters and buffers no node consumed (outside `ignore`)."""
+    state = self.module.state_dict(keep_vars=True)
+    unused = [k for k in state if k not in self.used and not k.startswith(tuple(ignore))]
+    if not unused:
+      return []
+    return [f"{len(unused)} parameter(s)/buffer(s) not used by the traced forward: "
+            + ", ".join(unused[:8]) + (" ..." if len(unused) > 8 else "")
+            + " (name their modules in ignore=/--ignore to drop them)"]
 
 
 def from_torch(module, example_inputs, stream: str = "rgb",
@@ -696,14 +684,12 @@ def from_torch(module, example_inputs, stream: str = "rgb",
   training = module.training
   module.eval()
   try:
-    gm = trace(module, example_inputs.detach().float())
-    conv = _Converter(module, gm, stream, ignore)
-    out = conv.run()
-    conv.check_weights(type(module).__name__)
+    converter = _Converter(module, trace(module, example_inputs.detach().float()))
+    out = converter.run()
   finally:
     module.train(training)
   shape = tuple(example_inputs.shape[1:])
-  first = next(iter(conv.values.values()))
+  first = next(iter(converter.values.values()))  # the input
   flow_stack = 0
   if len(shape) == 4:
     spec = StreamSpec(shape[1], shape[2], shape[3], shape[0], tuple(value_range))
@@ -715,19 +701,22 @@ def from_torch(module, example_inputs, stream: str = "rgb",
     spec = StreamSpec(flow_stack, shape[1], shape[2], 2, tuple(value_range))
   else:
     spec = StreamSpec(1, shape[1], shape[2], shape[0], tuple(value_range))
-  taps = [(p, conv.values[n]) for p, n in conv.taps if isinstance(conv.values.get(n), _Value)]
+  taps = [(p, converter.values[n]) for p, n in converter.taps
+          if isinstance(converter.values.get(n), _Value)]
   net = netgraph.Net(
-      nodes=tuple(conv.nodes), taps=tuple(v.blob for _, v in taps),
+      nodes=tuple(converter.nodes), taps=tuple(v.blob for _, v in taps),
       tap_names=tuple(p for p, _ in taps), logits=(out.blob,),
       logits_reduce="none" if len(out.shape) == 2 else "mean",
       inputs=(netgraph.StreamInput(stream, first.blob, 1, flow_stack),),
       precision=jax.lax.Precision.HIGHEST)
   variables = {"params": {k: {n: np.asarray(a, np.float32) for n, a in v.items()}
-                          for k, v in conv.params.items()}}
+                          for k, v in converter.params.items()}}
   source = type(module).__name__
-  if conv.problems:
-    raise TorchGraphError(f"{source}: weights do not fit - " + "; ".join(conv.problems))
-  converted.check_variables(source, net, {stream: spec}, variables)
+  problems = converter.unused(ignore) + converted.variable_problems(
+      net, {stream: spec}, variables)
+  if problems:
+    raise TorchGraphError(f"{source}: weights do not fit the converted graph - "
+                          + "; ".join(problems))
   m = converted.model(net, variables, {stream: spec}, name=name or source, labels=labels)
   if check:
     _check_shapes(source, m, taps)
@@ -750,8 +739,7 @@ def _check_shapes(source: str, m: base.Model, taps: Sequence[tuple[str, _Value]]
 
 def torch_input(x) -> np.ndarray:
   """A PyTorch `(N, C, T, H, W)` / `(N, C, H, W)` input as the model's stream
-  `(N, T, H, W, C)` (a 2-D tower's `T = 1`; a 2-D flow tower's `2L` channels as
-  `L` frames of `(u, v)`)."""
+  `(N, T, H, W, C)` (a 2-D tower's `T = 1`; for a 2-D flow tower, `flow_input`)."""
   x = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, np.float32)
   if x.ndim == 5:
     return np.moveaxis(x, 1, -1)
