@@ -4,7 +4,7 @@ Commands (torchvision's R(2+1)D-18; `--weights` is a .pth or .safetensors state
 dict, without it the network keeps a random initialisation):
   python -m converters.torch_graph --model torchvision.models.video.r2plus1d_18 \
       --kwargs '{"num_classes": 400}' --weights r2plus1d_18.pth --out /tmp/r2plus1d \
-      --stream rgb --input 3,8,112,112 --value-range=-2,2.5
+      --stream rgb --input 3,8,112,112 --value-range=-1.9,2.9
   python -m stviz_jax.main --config=configs/torch_graph.py:/tmp/r2plus1d \
       --workdir=/tmp/r2plus1d_vis
 
@@ -15,7 +15,7 @@ default target is four channels of `layer3` (a residual stage's output) under
 temporal regularisation gamma in {0, 1, 10}; override with
 `--config.layer=layer4 --config.units=0-7`. `--value-range` is the range of
 the input the PyTorch model was trained on (torchvision's video models:
-Kinetics mean/std normalised pixels, about [-2, 2.5]); the regulariser bounds
+Kinetics mean/std normalised pixels, about [-1.9, 2.9]); the regulariser bounds
 scale with it.
 
 `configs/torch_graph.py:DIR,quick` runs 4 steps (used by the tests).

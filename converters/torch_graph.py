@@ -2,10 +2,15 @@
 
     python -m converters.torch_graph --model torchvision.models.video.r2plus1d_18 \\
         --kwargs '{"num_classes": 400}' --weights r2plus1d.pth --out /tmp/r2plus1d \\
-        --stream rgb --input 3,8,112,112 --value-range=-2,2
+        --stream rgb --input 3,8,112,112 --value-range=-1.9,2.9
 
 then `stviz_jax.models.load("converted", weights="/tmp/r2plus1d")`, or in the
-main job `--config.model=converted --config.weights=/tmp/r2plus1d`.
+main job `--config.model=converted --config.weights=/tmp/r2plus1d`. Two
+converted towers (one `--stream rgb`, one `--stream flow`) become one
+late-fusion two-stream directory with
+
+    python -m converters.torch_graph --towers /tmp/rgb,/tmp/flow --out /tmp/two \
+        --logit-weights 1,1.5 [--fusion layer4]
 
 The module is built by calling `--model` with `--kwargs`, its state dict is
 read from `--weights` (`.pth` via `torch.load(weights_only=True)` or
@@ -98,15 +103,49 @@ def convert(model: str, out: str, *, kwargs: dict | None = None, weights: str | 
   return m
 
 
+def fuse(towers: Sequence[str], out: str, *, logit_weights: Sequence[float] = (1.0, 1.5),
+         fusion: str | None = None, overwrite: bool = False):
+  """Saves the two-stream model of two converted tower directories (appearance first)."""
+  if len(towers) != 2:
+    raise cli.UsageError(f"--towers {','.join(towers)}: give two weights directories, "
+                         "the appearance (rgb) tower's and the motion (flow) tower's")
+  checkpoint.check_output(out, overwrite=overwrite, inputs=towers)
+  a, m = (converted.load(t) for t in towers)
+  both = converted.two_stream(a, m, logit_weights=logit_weights, fusion=fusion,
+                              name=f"{a.name}+{m.name}")
+  converted.save(out, both, {"format": "torch_graph_two_stream",
+                             "towers": [os.path.abspath(t) for t in towers],
+                             "logit_weights": list(logit_weights), "fusion": fusion},
+                 overwrite=overwrite, inputs=towers)
+  return both
+
+
+def _floats(text: str, flag: str, n: int) -> tuple[float, ...]:
+  try:
+    values = tuple(float(v) for v in text.split(","))
+  except ValueError:
+    values = ()
+  if len(values) != n:
+    raise cli.UsageError(f"{flag} {text!r}: expected {n} comma-separated numbers")
+  return values
+
+
 @cli.entry_point
 def main(argv: Sequence[str] | None = None) -> int:
   parser = cli.ArgumentParser(
       prog="python -m converters.torch_graph",
       description="Trace a PyTorch network (torch.fx) and write its graph and weights "
                   "as a stviz_jax weights directory (model 'converted').")
-  parser.add_argument("--model", required=True,
-                      help="dotted path of the module class or factory, e.g. "
-                           "torchvision.models.video.r2plus1d_18")
+  parser.add_argument("--model", help="dotted path of the module class or factory, e.g. "
+                                      "torchvision.models.video.r2plus1d_18")
+  parser.add_argument("--towers", metavar="RGB_DIR,FLOW_DIR",
+                      help="instead of --model: fuse two converted towers into one "
+                           "two-stream directory (late fusion)")
+  parser.add_argument("--logit-weights", default="1,1.5",
+                      help="with --towers: weights of the two towers' class scores")
+  parser.add_argument("--fusion", default=None, metavar="LAYER",
+                      help="with --towers: a layer of both towers whose sum the appearance "
+                           "tower continues from")
   parser.add_argument("--kwargs", default="{}", help="its arguments as a JSON object")
   parser.add_argument("--weights", default=None,
                       help=".pth/.pt or .safetensors state dict (default: random init)")
@@ -116,25 +155,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="PyTorch input shape without the batch: C,T,H,W (3-D nets) or "
                            "C,H,W (2-D towers)")
   parser.add_argument("--value-range", default="-1,1",
-                      help="range of the preprocessed input, LO,HI (e.g. --value-range=-2,2)")
+                      help="range of the preprocessed input, LO,HI (e.g. --value-range=-1.9,2.9)")
   parser.add_argument("--ignore", action="append", default=[], metavar="PREFIX",
                       help="drop the parameters of submodules under PREFIX that the traced "
                            "forward never calls (e.g. AuxLogits. of inception_v3)")
   parser.add_argument("--seed", type=int, default=0, help="random init without --weights")
   common.add_output_flags(parser)
   args = parser.parse_args(argv)
+  if bool(args.model) == bool(args.towers):
+    raise cli.UsageError("give --model (convert a network) or --towers (fuse two "
+                         "converted towers), not both or neither")
+  if args.towers:
+    m = fuse(args.towers.split(","), args.out,
+             logit_weights=_floats(args.logit_weights, "--logit-weights", 2),
+             fusion=args.fusion, overwrite=args.overwrite)
+    common.report_written(args.out, m, f"stviz_jax.models.load('converted', "
+                                       f"weights={args.out!r})")
+    return 0
   try:
     kwargs = json.loads(args.kwargs)
   except json.JSONDecodeError as e:
     raise cli.UsageError(f"--kwargs {args.kwargs!r}: not JSON ({e})") from None
   if not isinstance(kwargs, dict):
     raise cli.UsageError(f"--kwargs {args.kwargs!r}: expected a JSON object")
-  try:
-    value_range = tuple(float(v) for v in args.value_range.split(","))
-  except ValueError:
-    value_range = ()
-  if len(value_range) != 2:
-    raise cli.UsageError(f"--value-range {args.value_range!r}: expected LO,HI")
+  value_range = _floats(args.value_range, "--value-range", 2)
   m = convert(args.model, args.out, kwargs=kwargs, weights=args.weights,
               stream=args.stream, input_shape=_ints(args.input, "--input"),
               value_range=value_range, ignore=args.ignore, seed=args.seed,

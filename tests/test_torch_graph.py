@@ -233,6 +233,23 @@ def test_cli_round_trip_writes_a_dir_that_loads_with_the_same_outputs(tmp_path):
   assert rel_err(model({"rgb": torch_graph.torch_input(x)}), ref) <= TOL
 
 
+def test_cli_fuses_two_converted_towers_into_one_two_stream_dir(tmp_path):
+  from converters import torch_graph as cli  # pylint: disable=g-import-not-at-top
+  rgb, flow, two = (str(tmp_path / d) for d in ("rgb", "flow", "two"))
+  assert cli.main(["--model", "torch_nets.Tower2d", "--out", rgb, "--input", "3,16,16"]) == 0
+  assert cli.main(["--model", "torch_nets.Tower2d", "--kwargs", '{"in_channels": 4}',
+                   "--out", flow, "--input", "4,16,16", "--stream", "flow", "--seed", "1",
+                   "--value-range=-20,20"]) == 0
+  assert cli.main(["--towers", f"{rgb},{flow}", "--out", two, "--fusion", "block",
+                   "--logit-weights", "1,2"]) == 0
+  both = sv.models.load("converted", weights=two)
+  a, m = (sv.models.load("converted", weights=d) for d in (rgb, flow))
+  x = both.example_inputs(batch=2)
+  assert set(both.spec.streams) == {"rgb", "flow"} and "fusion/block" in both.spec.layers
+  np.testing.assert_allclose(
+      both(x), sv.models.two_stream(a, m, logit_weights=(1, 2), fusion="block")(x), rtol=1e-6)
+
+
 def test_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys):
   from converters import torch_graph as cli  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / "w")

@@ -198,12 +198,13 @@ def trace(module, example):
         "needs forward code without data-dependent control flow") from None
   gm = torch.fx.GraphModule(module, graph)
   with torch.no_grad():
-    try:
-      torch.fx.passes.shape_prop.ShapeProp(gm).propagate(example)
+    try:  # the module itself first: its own error, not ShapeProp's (printed) traceback
+      module(example)
     except Exception as e:  # pylint: disable=broad-except
       raise TorchGraphError(f"{type(module).__name__} does not run on the example input "
                             f"{tuple(example.shape)}: {type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    torch.fx.passes.shape_prop.ShapeProp(gm).propagate(example)
   return gm
 
 
@@ -681,6 +682,9 @@ def from_torch(module, example_inputs, stream: str = "rgb",
                           "torch.Tensor (N, C, T, H, W) or (N, C, H, W)")
   if stream not in ("rgb", "flow"):
     raise TorchGraphError(f"stream {stream!r}: valid 'rgb', 'flow'")
+  if example_inputs.ndim not in (4, 5):
+    raise TorchGraphError(f"example_inputs: shape {tuple(example_inputs.shape)}; expected "
+                          "(N, C, T, H, W) (3-D nets) or (N, C, H, W) (2-D towers)")
   training = module.training
   module.eval()
   try:
