@@ -144,6 +144,11 @@ def test_unsupported_op_is_one_line_naming_op_path_and_what_is_supported():
   assert "unsupported op 'interpolate'" in msg and "supported: Conv1d/2d/3d" in msg, msg
 
 
+def test_an_in_place_op_on_a_value_read_later_is_refused():
+  with pytest.raises(torch_graph.TorchGraphError, match="an in-place op on conv, which add read"):
+    sv.models.from_torch(torch_nets.InPlaceAlias(), torch.zeros(1, 3, 2, 8, 8))
+
+
 def test_unsupported_padding_mode_and_unused_weights_are_refused():
   class Net(torch.nn.Module):
     def __init__(self, padding_mode):

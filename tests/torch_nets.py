@@ -148,6 +148,19 @@ class Upsampler(nn.Module):
     return F.interpolate(self.conv(x), scale_factor=2.0).mean((2, 3, 4))
 
 
+class InPlaceAlias(nn.Module):
+  """`F.relu(x, inplace=True)` and then `x` again: PyTorch adds relu(x) twice."""
+
+  def __init__(self):
+    super().__init__()
+    self.conv = nn.Conv3d(3, 4, 1)
+
+  def forward(self, x):
+    x = self.conv(x)
+    y = F.relu(x, inplace=True)
+    return (y + x).mean((2, 3, 4))
+
+
 class Motion(nn.Module):
   """1x1 units over flow `(N, 2, T, H, W)`: unit 0 responds to rightward motion
   (+u), 1 leftward, 2 downward (+v), 3 upward; logits are their means."""

@@ -314,8 +314,32 @@ class _Converter:
 
   # -- the walk ----------------------------------------------------------------
 
+  def check_in_place(self, node, order: dict):
+    """Refuses an in-place op whose input is read after it.
+
+    torch.fx records `F.relu(x, inplace=True)` or `x += y` as a new value, so a
+    later reader of `x` would see the old values here but the changed ones in
+    PyTorch.
+    """
+    if node.op == "call_module":
+      in_place = bool(getattr(self.modules[str(node.target)], "inplace", False))
+    else:
+      name = str(node.target if node.op == "call_method" else
+                 getattr(node.target, "__name__", ""))
+      in_place = (bool(node.kwargs.get("inplace")) or name in ("iadd", "isub", "imul")
+                  or (name.endswith("_") and not name.startswith("_")))
+    src = node.args[0] if node.args else None
+    if in_place and hasattr(src, "users"):
+      later = [u.name for u in src.users if order[u] > order[node]]
+      if later:
+        self.fail(node, f"an in-place op on {src.name}, which {', '.join(later)} read "
+                  "afterwards (torch.fx does not see the change; make it out of place)")
+
   def run(self):
+    order = {n: i for i, n in enumerate(self.gm.graph.nodes)}
     for node in self.gm.graph.nodes:
+      if node.op in ("call_module", "call_function", "call_method"):
+        self.check_in_place(node, order)
       if node.op == "placeholder":
         if self.values:
           self.fail(node, f"a second input {node.name!r} (one input tensor is supported)")
