@@ -39,7 +39,7 @@ followed by a folded batch norm shares its blob with the batch norm); the
 logits are the module's output (an output that is not `(N, K)` is averaged
 over time and space).
 
-Size (~750 lines): one concept, the mapping of traced PyTorch ops to
+Size (~780 lines): one concept, the mapping of traced PyTorch ops to
 netgraph nodes; the op table, its argument normalisation and the weight
 layouts have to be read together.
 """
