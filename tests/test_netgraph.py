@@ -47,8 +47,19 @@ def test_activation(fn, args, ref):
 
 
 def test_unknown_activation_is_named():
-  with pytest.raises(ValueError, match="unknown activation 'gelu'"):
-    run([Activation("a", "x", "gelu")], normal(1, 2, 2, 3), ["a"])
+  with pytest.raises(ValueError, match="unknown activation 'mish'"):
+    run([Activation("a", "x", "mish")], normal(1, 2, 2, 3), ["a"])
+
+
+def test_pytorch_activations_match_their_definitions():
+  x = np.linspace(-8.0, 8.0, 33, dtype=np.float32)
+  relu6 = np.clip(x, 0.0, 6.0)
+  want = {"relu6": relu6, "silu": x / (1 + np.exp(-x)), "hardswish": x * np.clip(x + 3, 0, 6) / 6,
+          "hardsigmoid": np.clip(x + 3, 0, 6) / 6,
+          "gelu_tanh": 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))}
+  for fn, y in want.items():
+    np.testing.assert_allclose(netgraph.activation(jnp.asarray(x), fn), y, atol=1e-5, err_msg=fn)
+  assert float(netgraph.activation(jnp.asarray(1.0), "gelu")) == pytest.approx(0.8413447, 1e-6)
 
 
 def test_affine_scales_and_shifts_each_channel():

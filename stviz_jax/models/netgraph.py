@@ -170,8 +170,9 @@ class Activation:
   """A function of each value (over channels for 'softmax').
 
   `fn`: 'relu' (the redirectable `layers.relu`), 'leaky_relu' (`args =
-  (slope,)`), 'sigmoid', 'tanh', 'abs', 'softmax' or 'power' (`args =
-  (power, scale, shift)`: Caffe's `(shift + scale * x) ** power`).
+  (slope,)`), 'sigmoid', 'tanh', 'abs', 'softmax', 'power' (`args =
+  (power, scale, shift)`: Caffe's `(shift + scale * x) ** power`), or
+  PyTorch's 'relu6', 'gelu', 'gelu_tanh', 'silu', 'hardswish', 'hardsigmoid'.
   """
 
   name: str
@@ -364,7 +365,13 @@ def activation(x: jax.Array, fn: str, args: Sequence[float] = ()) -> jax.Array:
     power, scale, shift = args
     return (shift + scale * x) ** power
   simple = {"sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "abs": jnp.abs,
-            "softmax": lambda v: jax.nn.softmax(v, axis=-1)}
+            "softmax": lambda v: jax.nn.softmax(v, axis=-1),
+            # PyTorch's (converted nets, `stviz_jax.models.torch_graph`).
+            "relu6": lambda v: jnp.minimum(layers.relu(v), 6.0),
+            "gelu": lambda v: jax.nn.gelu(v, approximate=False),
+            "gelu_tanh": lambda v: jax.nn.gelu(v, approximate=True),
+            "silu": jax.nn.silu, "hardswish": jax.nn.hard_swish,
+            "hardsigmoid": jax.nn.hard_sigmoid}
   if fn not in simple:
     raise ValueError(f"unknown activation {fn!r}; valid: relu, leaky_relu, power, "
                      + ", ".join(simple))
