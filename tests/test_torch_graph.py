@@ -18,7 +18,7 @@ import stviz_jax as sv
 from stviz_jax.models import checkpoint, converted, torch_graph
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
-import torch_nets  # pylint: disable=g-import-not-at-top,wrong-import-position
+import torch_modules  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 needs_torchvision = pytest.mark.skipif(
     importlib.util.find_spec("torchvision") is None,
@@ -71,24 +71,24 @@ def _assert_close(errs):
 
 def test_branches_concat_residuals_and_functional_ops_match_torch():
   torch.manual_seed(0)
-  module = torch_nets.randomize(torch_nets.Branchy())
+  module = torch_modules.randomize(torch_modules.Branchy())
   x = torch.randn(2, 3, 4, 16, 16)
   _assert_close(compare(module, x, ["stem", "stem.1", "a", "b", "pool", "bn", "act", "avg"]))
 
 
 def test_mean_head_adaptive_pool_and_activations_match_torch():
-  module = torch_nets.randomize(torch_nets.MeanHead(), seed=1)
+  module = torch_modules.randomize(torch_modules.MeanHead(), seed=1)
   x = torch.randn(2, 3, 4, 16, 16)
   _assert_close(compare(module, x, ["bn1", "conv2", "pool", "fc"]))
 
 
 def test_more_functional_forms_match_torch():
-  module = torch_nets.randomize(torch_nets.MoreOps(), seed=10)
+  module = torch_modules.randomize(torch_modules.MoreOps(), seed=10)
   _assert_close(compare(module, torch.randn(2, 3, 4, 8, 8), ["conv", "conv2d", "fc"]))
 
 
 def test_a_linear_after_a_flatten_reads_channels_last_rows():
-  module = torch_nets.randomize(torch_nets.Branchy(), seed=2)
+  module = torch_modules.randomize(torch_modules.Branchy(), seed=2)
   model = sv.models.from_torch(module, torch.zeros(1, 3, 4, 16, 16))
   kernel = np.asarray(model.variables["params"]["fc"]["kernel"])  # (T*H*W*C, K)
   w = module.fc.weight.detach().numpy()  # (K, C*T*H*W)
@@ -98,7 +98,7 @@ def test_a_linear_after_a_flatten_reads_channels_last_rows():
 
 
 def test_batch_norm_is_folded_into_its_convolution_and_kept_elsewhere():
-  module = torch_nets.randomize(torch_nets.Branchy())
+  module = torch_modules.randomize(torch_modules.Branchy())
   model = sv.models.from_torch(module, torch.zeros(1, 3, 4, 16, 16))
   params = model.variables["params"]
   assert "stem_1" not in params and set(params["stem_0"]) == {"kernel", "bias"}
@@ -109,9 +109,9 @@ def test_batch_norm_is_folded_into_its_convolution_and_kept_elsewhere():
 
 
 def test_two_d_towers_rgb_and_stacked_flow_match_torch():
-  rgb = torch_nets.randomize(torch_nets.Tower2d(3), seed=3)
+  rgb = torch_modules.randomize(torch_modules.Tower2d(3), seed=3)
   _assert_close(compare(rgb, torch.randn(2, 3, 16, 16), ["bn1", "block", "pool"]))
-  flow = torch_nets.randomize(torch_nets.Tower2d(6), seed=4)  # 3 flow frames (u, v)
+  flow = torch_modules.randomize(torch_modules.Tower2d(6), seed=4)  # 3 flow frames (u, v)
   _assert_close(compare(flow, torch.randn(2, 6, 16, 16), ["bn1", "pool"], stream="flow"))
   model = sv.models.from_torch(flow, torch.zeros(1, 6, 16, 16), "flow", (-20.0, 20.0))
   assert model.spec.streams["flow"].shape == (3, 16, 16, 2)
@@ -119,7 +119,7 @@ def test_two_d_towers_rgb_and_stacked_flow_match_torch():
 
 
 def test_taps_are_module_paths_in_network_order():
-  model = sv.models.from_torch(torch_nets.Branchy().eval(), torch.zeros(1, 3, 4, 16, 16))
+  model = sv.models.from_torch(torch_modules.Branchy().eval(), torch.zeros(1, 3, 4, 16, 16))
   layers = model.spec.layers
   assert layers[-1] == "logits"
   for a, b in [("stem.0", "stem"), ("stem", "a"), ("b", "pool"), ("avg", "fc")]:
@@ -129,7 +129,7 @@ def test_taps_are_module_paths_in_network_order():
 
 def test_untraceable_module_is_one_line_naming_the_module_and_construct():
   with pytest.raises(torch_graph.TorchGraphError) as e:
-    sv.models.from_torch(torch_nets.Untraceable(), torch.zeros(1, 3, 2, 8, 8))
+    sv.models.from_torch(torch_modules.Untraceable(), torch.zeros(1, 3, 2, 8, 8))
   msg = str(e.value)
   assert "\n" not in msg
   assert "module gate (Gate)" in msg and "if x.sum() > 0:" in msg, msg
@@ -138,7 +138,7 @@ def test_untraceable_module_is_one_line_naming_the_module_and_construct():
 
 def test_unsupported_op_is_one_line_naming_op_path_and_what_is_supported():
   with pytest.raises(torch_graph.TorchGraphError) as e:
-    sv.models.from_torch(torch_nets.Upsampler(), torch.zeros(1, 3, 2, 8, 8))
+    sv.models.from_torch(torch_modules.Upsampler(), torch.zeros(1, 3, 2, 8, 8))
   msg = str(e.value)
   assert "\n" not in msg
   assert "unsupported op 'interpolate'" in msg and "supported: Conv1d/2d/3d" in msg, msg
@@ -146,7 +146,7 @@ def test_unsupported_op_is_one_line_naming_op_path_and_what_is_supported():
 
 def test_an_in_place_op_on_a_value_read_later_is_refused():
   with pytest.raises(torch_graph.TorchGraphError, match="an in-place op on conv, which add read"):
-    sv.models.from_torch(torch_nets.InPlaceAlias(), torch.zeros(1, 3, 2, 8, 8))
+    sv.models.from_torch(torch_modules.InPlaceAlias(), torch.zeros(1, 3, 2, 8, 8))
 
 
 def test_unsupported_padding_mode_and_unused_weights_are_refused():
@@ -173,8 +173,8 @@ def test_unsupported_padding_mode_and_unused_weights_are_refused():
 
 
 def test_two_towers_late_fusion_is_the_weighted_sum_of_their_scores():
-  rgb = torch_nets.randomize(torch_nets.Tower2d(3), seed=5)
-  flow = torch_nets.randomize(torch_nets.Tower2d(4), seed=6)
+  rgb = torch_modules.randomize(torch_modules.Tower2d(3), seed=5)
+  flow = torch_modules.randomize(torch_modules.Tower2d(4), seed=6)
   xr, xf = torch.randn(2, 3, 16, 16), torch.randn(2, 4, 16, 16)
   a = sv.models.from_torch(rgb, xr, "rgb")
   m = sv.models.from_torch(flow, xf, "flow", (-20.0, 20.0))
@@ -187,8 +187,8 @@ def test_two_towers_late_fusion_is_the_weighted_sum_of_their_scores():
 
 
 def test_a_named_fusion_point_feeds_the_sum_to_the_appearance_tower():
-  rgb = torch_nets.randomize(torch_nets.Tower2d(3), seed=7)
-  flow = torch_nets.randomize(torch_nets.Tower2d(4), seed=8)
+  rgb = torch_modules.randomize(torch_modules.Tower2d(3), seed=7)
+  flow = torch_modules.randomize(torch_modules.Tower2d(4), seed=8)
   xr, xf = torch.randn(1, 3, 16, 16), torch.randn(1, 4, 16, 16)
   both = sv.models.two_stream(sv.models.from_torch(rgb, xr, "rgb"),
                               sv.models.from_torch(flow, xf, "flow"), fusion="block")
@@ -210,7 +210,7 @@ def test_a_named_fusion_point_feeds_the_sum_to_the_appearance_tower():
 
 
 def test_saved_model_loads_with_the_same_outputs(tmp_path):
-  module = torch_nets.randomize(torch_nets.MeanHead())
+  module = torch_modules.randomize(torch_modules.MeanHead())
   model = sv.models.from_torch(module, torch.zeros(1, 3, 4, 16, 16))
   converted.save(str(tmp_path / "w"), model, {"note": "test"})
   again = sv.models.load("converted", weights=str(tmp_path / "w"))
@@ -221,11 +221,11 @@ def test_saved_model_loads_with_the_same_outputs(tmp_path):
 
 def test_cli_round_trip_writes_a_dir_that_loads_with_the_same_outputs(tmp_path):
   from converters import torch_graph as cli  # pylint: disable=g-import-not-at-top
-  module = torch_nets.randomize(torch_nets.Branchy(), seed=9)
+  module = torch_modules.randomize(torch_modules.Branchy(), seed=9)
   weights = str(tmp_path / "branchy.pth")
   torch.save(module.state_dict(), weights)
   out = str(tmp_path / "w")
-  assert cli.main(["--model", "torch_nets.Branchy", "--kwargs", '{"num_classes": 5}',
+  assert cli.main(["--model", "torch_modules.Branchy", "--kwargs", '{"num_classes": 5}',
                    "--weights", weights, "--out", out, "--input", "3,4,16,16",
                    "--value-range=-2,2"]) == 0
   meta = json.load(open(os.path.join(out, "metadata.json")))
@@ -241,8 +241,8 @@ def test_cli_round_trip_writes_a_dir_that_loads_with_the_same_outputs(tmp_path):
 def test_cli_fuses_two_converted_towers_into_one_two_stream_dir(tmp_path):
   from converters import torch_graph as cli  # pylint: disable=g-import-not-at-top
   rgb, flow, two = (str(tmp_path / d) for d in ("rgb", "flow", "two"))
-  assert cli.main(["--model", "torch_nets.Tower2d", "--out", rgb, "--input", "3,16,16"]) == 0
-  assert cli.main(["--model", "torch_nets.Tower2d", "--kwargs", '{"in_channels": 4}',
+  assert cli.main(["--model", "torch_modules.Tower2d", "--out", rgb, "--input", "3,16,16"]) == 0
+  assert cli.main(["--model", "torch_modules.Tower2d", "--kwargs", '{"in_channels": 4}',
                    "--out", flow, "--input", "4,16,16", "--stream", "flow", "--seed", "1",
                    "--value-range=-20,20"]) == 0
   assert cli.main(["--towers", f"{rgb},{flow}", "--out", two, "--fusion", "block",
@@ -258,23 +258,23 @@ def test_cli_fuses_two_converted_towers_into_one_two_stream_dir(tmp_path):
 def test_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys):
   from converters import torch_graph as cli  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / "w")
-  assert cli.main(["--model", "torch_nets.Upsampler", "--out", out,
+  assert cli.main(["--model", "torch_modules.Upsampler", "--out", out,
                    "--input", "3,2,8,8"]) == 2
   assert not os.path.exists(out)
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and "interpolate" in err[0], err
   bad = str(tmp_path / "bad.pth")
-  torch.save(torch_nets.MeanHead().state_dict(), bad)
-  assert cli.main(["--model", "torch_nets.Branchy", "--weights", bad, "--out", out,
+  torch.save(torch_modules.MeanHead().state_dict(), bad)
+  assert cli.main(["--model", "torch_modules.Branchy", "--weights", bad, "--out", out,
                    "--input", "3,4,16,16"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "missing" in err[0] and "unexpected" in err[0], err
   assert not os.path.exists(out)
   os.makedirs(out)
   open(os.path.join(out, "notes.txt"), "w").close()
-  assert cli.main(["--model", "torch_nets.MeanHead", "--out", out, "--input", "3,4,16,16"]) == 2
+  assert cli.main(["--model", "torch_modules.MeanHead", "--out", out, "--input", "3,4,16,16"]) == 2
   assert "is not a previous conversion" in capsys.readouterr().err
-  assert cli.main(["--model", "torch_nets.Nope", "--out", str(tmp_path / "x")]) == 2
+  assert cli.main(["--model", "torch_modules.Nope", "--out", str(tmp_path / "x")]) == 2
   assert "cannot import it" in capsys.readouterr().err
 
 
@@ -284,7 +284,7 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys):
 
 def test_converted_rightward_unit_yields_rightward_flow():
   import handbuilt  # pylint: disable=g-import-not-at-top
-  model = sv.models.from_torch(torch_nets.Motion(), torch.zeros(1, 2, 3, 16, 16), "flow",
+  model = sv.models.from_torch(torch_modules.Motion(), torch.zeros(1, 2, 3, 16, 16), "flow",
                                (-10.0, 10.0))
   r = sv.visualize(model, "motion", [0, 1], handbuilt.config(steps=60), seed=0)
   right, left = r.inputs["flow"][0], r.inputs["flow"][1]
@@ -299,7 +299,7 @@ def test_converted_rightward_unit_yields_rightward_flow():
 
 def _video(name, **kwargs):
   import torchvision  # pylint: disable=g-import-not-at-top
-  return torch_nets.randomize(getattr(torchvision.models.video, name)(
+  return torch_modules.randomize(getattr(torchvision.models.video, name)(
       weights=None, num_classes=10, **kwargs))
 
 
@@ -322,7 +322,7 @@ def test_torchvision_s3d_matches_torch():
 
 def _image(name, **kwargs):
   import torchvision  # pylint: disable=g-import-not-at-top
-  return torch_nets.randomize(getattr(torchvision.models, name)(
+  return torch_modules.randomize(getattr(torchvision.models, name)(
       weights=None, num_classes=10, **kwargs))
 
 
@@ -355,7 +355,7 @@ def test_main_job_runs_on_a_converted_weights_dir(tmp_path):
   import sys  # pylint: disable=g-import-not-at-top
   from converters import torch_graph as cli  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / "w")
-  assert cli.main(["--model", "torch_nets.MeanHead", "--out", out, "--input", "3,4,16,16"]) == 0
+  assert cli.main(["--model", "torch_modules.MeanHead", "--out", out, "--input", "3,4,16,16"]) == 0
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   work = str(tmp_path / "vis")
   p = subprocess.run([sys.executable, "-m", "stviz_jax.main",

@@ -1,5 +1,5 @@
 """Small hand-written PyTorch networks for the torch.fx converter's tests (and its
-command line, which imports them by dotted path: `torch_nets.Branchy`)."""
+command line, which imports them by dotted path: `torch_modules.Branchy`)."""
 
 import torch
 from torch import nn
