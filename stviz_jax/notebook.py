@@ -78,7 +78,7 @@ def show(result, *, encoding: str = "rgb", fmt: str = "mp4", fps: float = render
   Returns:
     An object notebooks display; `str()` of it is the HTML.
   """
-  render.stream_frames("flow", np.zeros((1, 1, 1, 2)), encoding)  # validates encoding.
+  render.check_encoding(encoding)
   streams = render.display_order(result.inputs)
   rows = [i for i, u in enumerate(result.units) if units is None or int(u) in set(units)]
   if not rows:

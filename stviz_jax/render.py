@@ -108,7 +108,7 @@ def flow_legend(size: int = 64, encoding: str = "hsv") -> np.ndarray:
   and v span [-1, 1] and |f| spans [0, 1] (each video is min-max scaled by its
   own range, so read it for directions, not speeds).
   """
-  _check_encoding(encoding)
+  check_encoding(encoding)
   c = (size - 1) / 2.0
   yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
   flow = np.stack([(xx - c) / c, (yy - c) / c], axis=-1)
@@ -131,7 +131,7 @@ def stream_frames(stream: str, x: np.ndarray, encoding: str = "rgb") -> np.ndarr
   R, G, B = u, v, |f|; "hsv": colour wheel); 3 channels are RGB; other channel
   counts are shown as their grey mean.
   """
-  _check_encoding(encoding)
+  check_encoding(encoding)
   x = np.asarray(x)
   if x.ndim != 4:
     raise ValueError(f"stream {stream!r}: expected (T, H, W, C), got shape {x.shape}")
@@ -489,7 +489,7 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
   return frames
 
 
-def _check_encoding(encoding: str) -> None:
+def check_encoding(encoding: str) -> None:
   if encoding not in ENCODINGS:
     raise ValueError(f"unknown flow encoding {encoding!r}; valid: {', '.join(ENCODINGS)}")
 

@@ -182,7 +182,8 @@ def run_sweep(vis: Visualizer, units: Sequence[int],
   mesh = Mesh(np.asarray(devices), ("units",))
   sharding = NamedSharding(mesh, P("units"))
   replicated = NamedSharding(mesh, P())
-  sweep_cfg = config_lib.complete(config).sweep
+  full_config = config_lib.complete(config)  # the fingerprint keeps the config as given.
+  sweep_cfg = full_config.sweep
   chunk = plan_chunk_size(vis, len(elements), len(devices), int(config.chunk_size or 0),
                           float(sweep_cfg.memory_budget_gb))
   n_chunks = -(-len(elements) // chunk)
@@ -201,7 +202,7 @@ def run_sweep(vis: Visualizer, units: Sequence[int],
   t0 = time.time()
   compile_s = 0.0
   with progress_lib.Bar(vis.layer, len(elements), "unit",
-                         bool(config_lib.complete(config).progress_bar),
+                         bool(full_config.progress_bar),
                          noun="(unit, setting) pairs") as bar:
     for i in range(n_chunks):
       part = padded[i * chunk:(i + 1) * chunk]

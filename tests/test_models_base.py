@@ -89,3 +89,8 @@ def test_model_is_pure_in_its_variables():
   b = m.apply(doubled, x)[0]
   assert not np.allclose(a, b)
   np.testing.assert_allclose(m.apply(m.variables, x)[0], a)
+
+
+def test_a_reversed_value_range_is_refused_in_one_line():
+  with pytest.raises(ValueError, match=r"value_range \(1.0, -1.0\): give \(low, high\)"):
+    models.StreamSpec(1, 8, 8, 3, (1.0, -1.0))

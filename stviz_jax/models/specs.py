@@ -31,6 +31,12 @@ class StreamSpec:
   channels: int
   value_range: tuple[float, float] = (-1.0, 1.0)
 
+  def __post_init__(self):
+    lo, hi = self.value_range
+    if not lo < hi:  # a reversed range would make every regulariser bound negative.
+      raise ValueError(f"stream value_range {tuple(self.value_range)}: give (low, high) "
+                       "with low < high, e.g. (-1.0, 1.0) or (0.0, 255.0)")
+
   @property
   def shape(self) -> tuple[int, int, int, int]:
     return (self.frames, self.height, self.width, self.channels)
