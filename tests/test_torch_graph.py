@@ -127,21 +127,19 @@ def test_taps_are_module_paths_in_network_order():
   assert model.spec.feature_shape("b") == (4, 16, 16, 4)  # (T, H, W, C)
 
 
-def test_untraceable_module_is_one_line_naming_the_module_and_construct():
+@pytest.mark.parametrize("module, wants", [
+    # untraceable: names the module and the Python construct.
+    ("Untraceable", ("module gate (Gate)", "if x.sum() > 0:")),
+    # unsupported op: names the op, and what is supported.
+    ("Upsampler", ("unsupported op 'interpolate'", "supported: Conv1d/2d/3d")),
+])
+def test_a_module_that_cannot_be_converted_is_one_line_naming_why(module, wants):
   with pytest.raises(torch_graph.TorchGraphError) as e:
-    sv.models.from_torch(torch_modules.Untraceable(), torch.zeros(1, 3, 2, 8, 8))
+    sv.models.from_torch(getattr(torch_modules, module)(), torch.zeros(1, 3, 2, 8, 8))
   msg = str(e.value)
   assert "\n" not in msg
-  assert "module gate (Gate)" in msg and "if x.sum() > 0:" in msg, msg
+  assert all(w in msg for w in wants), msg
   assert isinstance(e.value, checkpoint.ConversionError)
-
-
-def test_unsupported_op_is_one_line_naming_op_path_and_what_is_supported():
-  with pytest.raises(torch_graph.TorchGraphError) as e:
-    sv.models.from_torch(torch_modules.Upsampler(), torch.zeros(1, 3, 2, 8, 8))
-  msg = str(e.value)
-  assert "\n" not in msg
-  assert "unsupported op 'interpolate'" in msg and "supported: Conv1d/2d/3d" in msg, msg
 
 
 def test_an_in_place_op_on_a_value_read_later_is_refused():
