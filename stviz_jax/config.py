@@ -80,6 +80,32 @@ def default_config() -> ml_collections.ConfigDict:
   # transform robustness under `transforms` seeded random crops / flips / time
   # rolls / blurs (0 = off), spectral slope, temporal variation, flow speed.
   c.quality = ml_collections.ConfigDict(dict(transforms=16, seed=0))
+  # What a unit uses (stviz_jax.insight; summary.json's `insight`, the gallery).
+  c.insight = ml_collections.ConfigDict(dict(
+      # Activation of each optimised clip with motion removed, time shuffled and
+      # each stream removed: static / motion index and stream shares per unit.
+      motion=True,
+      # Space-time transparency map per stream from the input gradient
+      # accumulated during the optimisation (MACO's), an overlay video per unit.
+      attribution=True,
+      # Natural clips the unit is compared with: "" (none) | "synthetic" (clips of
+      # config.data, the synthetic net's distribution) | a `.npz` of arrays
+      # stream -> (N, T, H, W, C) in model input units | a folder of videos (one
+      # subfolder per class, stviz_jax.data.videos). Enables the sanity check,
+      # the motion indices of each unit's top clips and accentuation.
+      clips="",
+      num_clips=96,               # "synthetic": how many clips (seed insight.seed).
+      top_k=8,                    # top natural clips per unit (by its activation).
+      # Sanity check (Geirhos et al. 2023): rank correlation of the layer-by-layer
+      # activation path of the optimised clip with the unit's top natural clips.
+      sanity=True,
+      # Clip-seeded accentuation (Hamblin, Fel et al. 2024): indices into
+      # insight.clips ("0,5"; "" = off), each pushed toward every unit of the target
+      # while staying near the seed with this weight.
+      accentuate="",
+      accentuate_weight=1.0,
+      seed=0,
+  ))
   c.sweep = ml_collections.ConfigDict(dict(
       memory_budget_gb=0.0,       # > 0: chunk_size (when 0) from XLA's memory analysis.
       resume=True,                # checkpoint finished chunks; a rerun continues.
