@@ -12,6 +12,9 @@ readers import it cheaply.
           result.npz                                 (RESULT_FILE)
           unit_0003.npz, unit_0003_<stream>.png ...  (unit_file)
           unit_0003_samples.npz, unit_0003_sample1_<stream>.gif   (samples_file, sample_stem)
+          unit_0003_attribution_<stream>.gif, unit_0003_accentuated2_<stream>.gif,
+          seed_clip2_<stream>.gif                    (attribution_stem, accentuated_stem, ...)
+          motion.csv, motion_histogram.png           (MOTION_TABLE_FILE, ...)
       gallery/                                       (GALLERY_DIR)
 
 A setting is named after the temporal regularisation of the stream it acts on
@@ -143,6 +146,25 @@ def samples_file(unit: int) -> str:
 def sample_stem(unit: int, k: int, view: str) -> str:
   """Media stem of the unit's k-th diverse sample (k = 0: the unit's own media)."""
   return unit_file(unit, f"_sample{int(k)}_{view}" if k else f"_{view}")
+
+
+def attribution_stem(unit: int, stream: str) -> str:
+  """Media stem of the unit's space-time attribution overlay of one stream."""
+  return unit_file(unit, f"_attribution_{stream}")
+
+
+def accentuated_stem(unit: int, clip: int, stream: str) -> str:
+  """Media stem of natural clip `clip` accentuated toward the unit."""
+  return unit_file(unit, f"_accentuated{int(clip)}_{stream}")
+
+
+def seed_clip_stem(clip: int, stream: str) -> str:
+  """Media stem of natural clip `clip` as accentuation started from it (one per setting)."""
+  return f"seed_clip{int(clip)}_{stream}"
+
+
+MOTION_TABLE_FILE = "motion.csv"            # per setting: one line per unit (insight.motion).
+MOTION_HISTOGRAM_FILE = "motion_histogram.png"
 
 
 def unit_of_file(name: str) -> int | None:

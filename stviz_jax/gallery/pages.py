@@ -70,14 +70,20 @@ def _media(page_dir: str, layer: LayerRuns, run: SettingRun, unit: int,
   name = layout.sample_stem(unit, sample, view)
   stem = os.path.join(os.path.dirname(run.part(unit).dir), "SETTING", name)
   stem_url = _url(page_dir, stem).replace("SETTING", setting)
-  w, h = _media_size(run, stream)
   title = f"unit {unit} {view}" + (f" sample {sample}" if sample else "")
-  if run.shapes[stream][0] > 1:
+  return _clip_tag(stem_url, _media_size(run, stream), run.shapes[stream][0] > 1, title,
+                   stem_url.replace("{setting}", urllib.parse.quote(run.name)))
+
+
+def _clip_tag(stem_url: str, size: tuple[int, int], is_clip: bool, title: str,
+              still_url: str | None = None) -> str:
+  """A lazily loaded looping <video> of a clip's media stem, or the <img> of a still."""
+  w, h = size
+  if is_clip:
     return (f'<video class="m" muted loop playsinline preload="none" width="{w}" '
             f'height="{h}" data-stem="{_e(stem_url)}" title="{_e(title)}"></video>')
-  src = stem_url.replace("{setting}", urllib.parse.quote(run.name))
   return (f'<img class="m" loading="lazy" decoding="async" width="{w}" height="{h}" '
-          f'src="{_e(src)}.png" data-stem="{_e(stem_url)}" data-ext="png" '
+          f'src="{_e(still_url or stem_url)}.png" data-stem="{_e(stem_url)}" data-ext="png" '
           f'alt="{_e(title)}">')
 
 
@@ -108,11 +114,15 @@ def layer_page(workdir: str, layer: LayerRuns, page_dir: str, encodings: Sequenc
   summary = read_json(os.path.join(workdir, layout.SUMMARY_FILE)) or {}
   names = class_names_of(summary, layer)
   tiles = []
+  has_motion = False
   for u in layer.units:
     acts = {r.name: float(r.activations[r.index(u)]) for r in layer.runs
             if r.index(u) is not None}
     quality_text = {r.name: _quality_html(summary, layer, u, r.name) for r in layer.runs
                     if r.index(u) is not None}
+    motion = {r.name: motion_index_of(summary, layer, u, r.name) for r in layer.runs
+              if r.index(u) is not None}
+    motion = {k: v for k, v in motion.items() if v is not None}
     holder = next(r for r in layer.runs if r.index(u) is not None)
     media = "".join(_media(page_dir, layer, holder, u, v, s, templated=True)
                     for v, s, _ in views)
@@ -126,10 +136,12 @@ def layer_page(workdir: str, layer: LayerRuns, page_dir: str, encodings: Sequenc
       extra = f'<span class="cls" title="class">{_e(names[u])}</span>'
     tiles.append(
         f'<div class="tile" data-unit="{u}" data-acts="{_e(json.dumps(acts))}" '
-        f'data-quality="{_e(json.dumps(quality_text))}">'
+        f'data-quality="{_e(json.dumps(quality_text))}" data-motion="{_e(json.dumps(motion))}">'
         f'<div class="media">{media}</div><div class="cap">'
         f'<a href="unit_{u:04d}.html">unit {u}</a>{extra}<span class="act"></span>'
+        f'<span class="mi" title="motion index: 0 appearance, 1 motion"></span>'
         f'</div><div class="quality"></div></div>')
+    has_motion = has_motion or bool(motion)
   radios = "".join(
       f'<label><input type="radio" name="setting" value="{_e(s["name"])}"'
       f'{" checked" if i == 0 else ""}> {_e(s["label"])}</label>'
@@ -152,7 +164,7 @@ def layer_page(workdir: str, layer: LayerRuns, page_dir: str, encodings: Sequenc
 <div class="controls">
 <fieldset><legend>regularisation ([ / ] keys)</legend>{radios}</fieldset>
 <label>sort <select id="sort"><option value="unit">by unit</option>
-<option value="act">by activation</option></select></label>
+<option value="act">by activation</option>{'<option value="motion">by motion index</option>' if has_motion else ''}</select></label>
 <label>unit <input id="find" type="search" size="5" placeholder="#"></label>
 <span class="note">each tile: {view_names}</span>
 </div>
@@ -163,13 +175,26 @@ def layer_page(workdir: str, layer: LayerRuns, page_dir: str, encodings: Sequenc
 </div>
 <h2>Layer plots</h2>
 <div class="plots"><img loading="lazy" src="layer_activations.png" alt="final activation per unit">
-{'<img loading="lazy" src="layer_objective.png" alt="objective vs step">' if os.path.exists(os.path.join(page_dir, 'layer_objective.png')) else ''}</div>
+{'<img loading="lazy" src="layer_objective.png" alt="objective vs step">' if os.path.exists(os.path.join(page_dir, 'layer_objective.png')) else ''}
+{_motion_histograms(page_dir, layer)}</div>
 {fig}
 """
   data = {"settings": settings, "initial": settings[0]["name"], "layer": layer.layer}
   return _page(f"{layer.title} · {model}", body,
                _url(page_dir, os.path.join(gallery_dir, "gallery.css")),
                _url(page_dir, os.path.join(gallery_dir, "gallery.js")), data)
+
+
+def _motion_histograms(page_dir: str, layer: LayerRuns) -> str:
+  """Each setting's histogram of the units' motion indices (the job's insight.motion)."""
+  tags = []
+  for r in layer.runs:
+    for part in r.parts:
+      path = os.path.join(part.dir, layout.MOTION_HISTOGRAM_FILE)
+      if os.path.exists(path):
+        tags.append(f'<img loading="lazy" src="{_url(page_dir, path)}" '
+                    f'alt="motion index histogram, {_e(r.label())}">')
+  return "".join(tags)
 
 
 def _stats_html(page_dir: str, unit: int, stats: LayerStats | None) -> str:
@@ -234,7 +259,7 @@ def _samples_html(page_dir: str, layer: LayerRuns, unit: int,
       continue
     k, weight = len(acts), r.objective().get("diversity")
     cells = "".join(
-        f'<td><div class="media">'
+        '<td><div class="media">'
         + "".join(_media(page_dir, layer, r, unit, v, s, templated=False, sample=j)
                   for v, s, _ in views)
         + f'</div><div class="view">sample {j} · a = {float(a):.4g}</div></td>'
@@ -299,6 +324,7 @@ def unit_page(workdir: str, layer: LayerRuns, page_dir: str, unit: int,
 {chr(10).join(rows)}
 </table>
 {_samples_html(page_dir, layer, unit, views)}
+{_insight_html(page_dir, layer, unit, summary)}
 <h2>Optimisation</h2>
 <div class="plots"><img loading="lazy" src="{hist}" alt="objective and activation vs step"></div>
 <h2>Dataset statistics</h2>
@@ -398,6 +424,107 @@ def _quality_html(summary: Mapping, layer: LayerRuns, unit: int, setting: str) -
   if not q:
     return ""
   return _e(quality.describe(q, layer.layer == LOGITS))
+
+
+def _insight(summary: Mapping, layer: LayerRuns, setting: str) -> dict:
+  """The `insight` block of a target and setting in `summary.json` ({} when absent)."""
+  return _summary_entry(summary, layer, setting).get("insight") or {}
+
+
+def motion_index_of(summary: Mapping, layer: LayerRuns, unit: int, setting: str):
+  """The unit's motion index on its optimised clip (None when not measured)."""
+  return ((_insight(summary, layer, setting).get("motion") or {}).get(str(unit)) or {}).get(
+      "motion_index")
+
+
+def _num(v, fmt: str = ".2f") -> str:
+  return "-" if v is None else format(v, fmt)
+
+
+def _shares(m: Mapping) -> str:
+  shares = m.get("shares") or {}
+  return ", ".join(f"{_e(k)} {_num(v, '.0%')}" for k, v in shares.items()) if len(shares) > 1 else "-"
+
+
+_INSIGHT_NOTE = (
+    "What the unit uses (stviz_jax.insight). <b>motion index</b> = 1 - a(static) / a(clip): "
+    "0 when the unit fires as well with the motion removed (every frame replaced by the "
+    "clip's mean frame, flow zeroed), 1 when it needs the motion; <b>shuffle drop</b> = the "
+    "share of the activation lost when the frames are shuffled in time (order matters); "
+    "<b>stream shares</b>: of the activation lost when one stream's input is removed, the part "
+    "each stream carries (a fusion unit that needs both: about half each). "
+    "<b>Sanity</b> (Geirhos et al. 2023): the rank correlation, layer by layer, of the "
+    "channel activations of the optimised clip with those of the unit's top natural clips; a "
+    "flagged picture drives the unit along a path no natural clip takes.")
+
+
+def _insight_html(page_dir: str, layer: LayerRuns, unit: int, summary: Mapping) -> str:
+  """The unit page's "What the unit uses" section ("" when the run measured nothing)."""
+  rows, attributions, accents = [], [], []
+  for r in layer.runs:
+    block = _insight(summary, layer, r.name)
+    if not block:
+      continue
+    m = (block.get("motion") or {}).get(str(unit)) or {}
+    top = (block.get("motion_top_clips") or {}).get(str(unit)) or {}
+    sanity = (block.get("sanity") or {}).get(str(unit))
+    if sanity:
+      verdict = (f'<span class="{"bad" if sanity.get("flag") else "ok"}">'
+                 f'{"flagged" if sanity.get("flag") else "like natural clips"}</span> '
+                 f'(path correlation {_num(sanity.get("score"))} vs natural '
+                 f'{_num(sanity.get("natural_score"))}) <span class="note">'
+                 f'{_e(sanity.get("why", ""))}</span>')
+    else:
+      verdict = "-"
+    if m or top or sanity:
+      rows.append(f"<tr><th>{_e(r.label())}</th><td>{_num(m.get('motion_index'))}</td>"
+                  f"<td>{_num(m.get('shuffle_drop'))}</td><td>{_shares(m)}</td>"
+                  f"<td>{_num(top.get('motion_index'))}</td><td>{_shares(top) if top else '-'}</td>"
+                  f"<td>{verdict}</td></tr>")
+    out_dir = r.part(unit).dir
+    att = (block.get("attribution") or {}).get(str(unit)) or {}
+    if att:
+      cells = "".join(
+          f"<td>{_clip_tag(_url(page_dir, os.path.join(out_dir, a['stem'])), _display(a), a['frames'] > 1, f'unit {unit} {k} attribution')}"
+          f"<br><span class=\"note\">{_e(k)}</span></td>" for k, a in att.items())
+      attributions.append(f"<tr><th>{_e(r.label())}</th>{cells}</tr>")
+    for acc in (block.get("accentuation") or {}).get(str(unit)) or []:
+      cells = []
+      for k, a in acc["streams"].items():
+        for which in ("seed", "accentuated"):
+          tag = _clip_tag(_url(page_dir, os.path.join(out_dir, a[which])), _display(a),
+                          a["frames"] > 1, f"{which} {k}")
+          cells.append(f"<td>{tag}<br><span class=\"note\">{which} {_e(k)}</span></td>")
+      dist = ", ".join(f"{_e(k)} {v:.2f}" for k, v in (acc.get("distance") or {}).items())
+      accents.append(
+          f"<tr><th>{_e(r.label())}<br>{_e(acc.get('name', acc['clip']))}</th>{''.join(cells)}"
+          f"<td>{_num(acc.get('activation_before'), '.3g')} &rarr; "
+          f"{_num(acc.get('activation_after'), '.3g')}<br><span class=\"note\">distance to "
+          f"the seed: {dist}</span></td></tr>")
+  if not (rows or attributions or accents):
+    return ""
+  out = [f'<h2>What the unit uses</h2><p class="note">{_INSIGHT_NOTE}</p>']
+  if rows:
+    out.append('<table class="rows"><tr><th>setting</th><th>motion index</th>'
+               '<th>shuffle drop</th><th>stream shares</th><th>motion index, top natural '
+               'clips</th><th>stream shares, top natural clips</th><th>sanity</th></tr>'
+               + "".join(rows) + "</table>")
+  if attributions:
+    out.append('<h3>Where it looks</h3><p class="note">MACO’s transparency map: the '
+               'absolute input gradient accumulated over the optimisation, per stream over '
+               '(t, y, x); the clip is shown through it (opaque where the unit’s gradient '
+               'was large).</p><table class="rows">' + "".join(attributions) + "</table>")
+  if accents:
+    out.append('<h3>What it amplifies in real clips</h3><p class="note">Feature '
+               'accentuation: the optimisation started from a natural clip and kept near it; '
+               'seed beside result, with the unit’s activation before and after.</p>'
+               '<table class="rows">' + "".join(accents) + "</table>")
+  return "\n".join(out)
+
+
+def _display(media: Mapping) -> tuple[int, int]:
+  f = render.display_scale(media["height"], DISPLAY_SIZE)
+  return media["width"] * f, media["height"] * f
 
 
 _QUALITY_NOTE = ("Picture quality (stviz_jax.quality): <b>robust</b> = share of {n} seeded random "

@@ -54,6 +54,11 @@
       t.classList.toggle('missing', !have);
       const cap = t.querySelector('.act');
       if (cap) { cap.textContent = have ? 'a = ' + acts[name].toPrecision(3) : 'not run'; }
+      const mi = t.querySelector('.mi');
+      if (mi) {
+        const m = JSON.parse(t.dataset.motion || '{}')[name];
+        mi.textContent = (m === undefined || m === null) ? '' : ' · motion ' + m.toFixed(2);
+      }
       const qual = t.querySelector('.quality');
       if (qual) { qual.textContent = JSON.parse(t.dataset.quality || '{}')[name] || ''; }
     });
@@ -72,8 +77,9 @@
     const tiles = Array.from(box.children);
     const key = function (t) {
       if (sel.value === 'unit') { return Number(t.dataset.unit); }
-      const a = JSON.parse(t.dataset.acts || '{}')[current];
-      return a === undefined ? Infinity : -a;
+      const field = sel.value === 'motion' ? t.dataset.motion : t.dataset.acts;
+      const a = JSON.parse(field || '{}')[current];
+      return (a === undefined || a === null) ? Infinity : -a;
     };
     tiles.sort(function (a, b) { return key(a) - key(b); });
     tiles.forEach(function (t) { box.appendChild(t); });
