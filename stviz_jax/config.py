@@ -222,6 +222,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _number("config.quality.transforms", quality.get("transforms", 16),
           "an integer >= 0 (seeded evaluation transforms; 0 = no quality measures)", 0,
           integer=True)
+  insight = c.get("insight", None) or {}
+  _number("config.insight.num_clips", insight.get("num_clips", 96),
+          "an integer >= 1 (natural clips drawn for the insight analyses)", 1, integer=True)
+  _number("config.insight.top_k", insight.get("top_k", 8),
+          "an integer >= 1 (top natural clips per unit)", 1, integer=True)
+  _number("config.insight.accentuate_weight", insight.get("accentuate_weight", 1.0),
+          "a finite number >= 0 (the pull toward the seed clip)", 0)
   sweep = c.get("sweep", None) or {}
   _number("config.sweep.memory_budget_gb", sweep.get("memory_budget_gb", 0.0),
           "a finite number >= 0 (GB per device; 0 = off)", 0)

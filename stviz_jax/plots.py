@@ -8,7 +8,8 @@
 - `layer_objective`: the objective against the step for all units of a layer
   (median and 10-90 % band per setting);
 - `class_activity`: a unit's maximum activity per class on a dataset, the
-  highest classes as bars (the last column of the paper's Figs. 10 and 11).
+  highest classes as bars (the last column of the paper's Figs. 10 and 11);
+- `motion_histogram`: a layer's units by motion index (and stream share).
 
 Figures are built with `matplotlib.figure.Figure` and the Agg canvas directly
 (no pyplot global state, safe in threads and without a display) and written
@@ -161,3 +162,37 @@ def class_activity(path: str, class_names: Sequence[str], values: np.ndarray,
   fig.tight_layout()
   _save(fig, path)
   return order
+
+
+def motion_histogram(path: str, motion_index: np.ndarray,
+                     shares: Mapping[str, np.ndarray] | None = None, title: str = "") -> None:
+  """How a layer's units divide between appearance and motion (`stviz_jax.insight.motion`).
+
+  Args:
+    path: output PNG.
+    motion_index: `(U,)` per unit, 0 (fires as well without motion) to 1 (needs
+      it); NaN (a unit not firing on its clips) is counted apart.
+    shares: optional stream -> `(U,)` share of the activation carried by that
+      stream (two-stream models); one more panel per stream.
+    title: figure title.
+  """
+  panels = [("motion index (0 appearance, 1 motion)", np.asarray(motion_index, np.float64))]
+  panels += [(f"share carried by {s}", np.asarray(v, np.float64))
+             for s, v in (shares or {}).items()]
+  fig = Figure(figsize=(3.2 * len(panels), 2.6))
+  axes = np.atleast_1d(fig.subplots(1, len(panels)))
+  bins = np.linspace(0.0, 1.0, 11)
+  for ax, (label, values) in zip(axes, panels):
+    ok = np.isfinite(values)
+    ax.hist(values[ok], bins=bins, color="#4477aa", edgecolor="white")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(label, fontsize=8)
+    ax.set_ylabel("units")
+    ax.grid(alpha=0.3, axis="y")
+    if not ok.all():
+      ax.text(0.98, 0.95, f"{int((~ok).sum())} not firing", transform=ax.transAxes,
+              ha="right", va="top", fontsize=7)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  _save(fig, path)
