@@ -81,12 +81,16 @@ def unit_arrays(inputs: Mapping[str, np.ndarray], activation: float, unit: int, 
 def result_arrays(*, layer: str, units, inputs: Mapping[str, np.ndarray], activations,
                   history: Mapping[str, np.ndarray], a_hat_given: bool, seed: int,
                   settings: Mapping[str, Sequence[float]], config: dict | None = None,
-                  weights: str = "") -> dict[str, np.ndarray]:
+                  weights: str = "",
+                  attribution: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
   """What `RESULT_FILE` (and a unit's `samples_file`) holds: `inputs_<stream>`
   (U, T, H, W, C), `history_<name>` (U, steps), `units`, `activations` and
   `meta` (JSON: layer, a_hat_given, seed, settings, the run's config and a
-  digest of the weights)."""
+  digest of the weights); optionally `attribution_<stream>` (U, T, H, W), the
+  transparency maps of `config.insight.attribution` (absent when not computed)."""
   arrays = {f"inputs_{k}": np.asarray(v) for k, v in inputs.items()}
+  arrays.update({f"attribution_{k}": np.asarray(v, np.float32)
+                 for k, v in (attribution or {}).items()})
   arrays.update({f"history_{k}": np.asarray(v) for k, v in history.items()})
   meta = dict(layer=layer, a_hat_given=bool(a_hat_given), seed=int(seed),
               settings={k: [float(x) for x in v] for k, v in settings.items()},
@@ -99,6 +103,7 @@ def result_arrays(*, layer: str, units, inputs: Mapping[str, np.ndarray], activa
 def read_result(path: str, inputs: bool = True) -> dict[str, Any]:
   """The fields of `result_arrays` from `path`; without `inputs` (they can be
   large) `input_shapes` gives each stream's per-unit shape instead.
+  `attribution` is `{stream: (U, T, H, W)}` or None (a file without maps).
 
   Raises:
     ValueError: naming `path` when it is not a readable result.
@@ -115,6 +120,9 @@ def read_result(path: str, inputs: bool = True) -> dict[str, Any]:
           config=meta.get("config"), weights=meta.get("weights", ""),
           input_shapes={k[len("inputs_"):]: tuple(s[1:]) for k, s in shapes.items()
                         if k.startswith("inputs_")})
+      attribution = {k[len("attribution_"):]: f[k] for k in f.files
+                     if k.startswith("attribution_")}
+      out["attribution"] = attribution or None
       if inputs:
         out["inputs"] = {k[len("inputs_"):]: f[k] for k in f.files if k.startswith("inputs_")}
   except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:

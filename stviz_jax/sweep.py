@@ -137,7 +137,9 @@ class _ChunkStore:
 
   def restore(self, index: int):
     tree = self.manager.restore(index, args=ocp.args.StandardRestore())
-    return tree["inputs"], tree["activation"], tree["history"]
+    out = (tree["inputs"], tree["activation"], tree["history"])
+    # The fingerprint covers config.insight.attribution, so a chunk has maps iff the sweep does.
+    return out + ((tree["attribution"],) if "attribution" in tree else ())
 
   def chunk_path(self, index: int) -> str:
     return os.path.join(str(self.manager.directory), str(index))
@@ -153,8 +155,11 @@ class _ChunkStore:
 
 
 def _as_tree(out):
-  inputs, act, hist = out
-  return {"inputs": dict(inputs), "activation": np.asarray(act), "history": dict(hist)}
+  inputs, act, hist, *attribution = out
+  tree = {"inputs": dict(inputs), "activation": np.asarray(act), "history": dict(hist)}
+  if attribution:
+    tree["attribution"] = dict(attribution[0])
+  return tree
 
 
 def run_sweep(vis: Visualizer, units: Sequence[int],
@@ -235,7 +240,8 @@ def run_sweep(vis: Visualizer, units: Sequence[int],
                "%d chunks restored, %d compilation(s))", vis.layer, len(elements), total,
                compile_s, len(done), vis.trace_count)
 
-  inputs, act, hist = jax.tree.map(lambda *xs: np.concatenate(xs)[:len(elements)], *outs)
+  inputs, act, hist, *attribution = jax.tree.map(
+      lambda *xs: np.concatenate(xs)[:len(elements)], *outs)
   results = []
   n = units.size
   for k, s in enumerate(full):
@@ -243,5 +249,6 @@ def run_sweep(vis: Visualizer, units: Sequence[int],
     results.append(Result(
         layer=vis.layer, units=units, inputs={m: v[sl] for m, v in inputs.items()},
         activations=np.asarray(act[sl]), history={m: v[sl] for m, v in hist.items()},
-        a_hat_given=a_hat_given(config), seed=seed, settings=s, class_names=vis.class_names))
+        a_hat_given=a_hat_given(config), seed=seed, settings=s, class_names=vis.class_names,
+        attribution={m: v[sl] for m, v in attribution[0].items()} if attribution else None))
   return results
