@@ -27,9 +27,10 @@ Two variants share the step. `init_at(canvas, tx, key, pixels)` starts from
 a given clip instead of noise (feature accentuation), and `step`'s
 `theta_penalty` subtracts a function of theta itself, e.g.
 `w * distance(canvas, theta, theta_seed)`. `step_attributed` is `step` that
-also returns |dE/dx| on the canvas pixels (MACO's transparency), from the same
-backward pass: the gradient is taken w.r.t. the canvas pixels x = B z and
-pulled back to theta through `to_pixels` (`jax.vjp`, no second network pass).
+also returns |da/dx| of the unit's activation a on the canvas pixels (MACO's
+transparency), from the same backward pass: the gradient is taken w.r.t. the
+canvas pixels x = B z and pulled back to theta through `to_pixels`
+(`jax.vjp`, no second network pass).
 
 `energy(x, i) -> {"objective", "activation", ...}` is the network pass plus
 penalties for step i (`objective.regularized`); `measure(x)` the activation
@@ -207,21 +208,23 @@ def init_at(canvas: Canvas, tx: optax.GradientTransformation, key, pixels: Input
   return State(theta, tx.init(theta), transform_key)
 
 
-def distance(canvas: Canvas, theta, theta_seed) -> jax.Array:
-  """D(theta, theta_0) = sum_streams sum (theta - theta_0)^2 / (H W).
+def distance(canvas: Canvas, theta, theta_seed, step_size: float) -> jax.Array:
+  """D(theta, theta_0) = sum_streams sum (theta - theta_0)^2 / (H W eta^2).
 
   A squared distance in the parameterisation's own space (z = x / B for
-  pixels; the spectrum's coefficients for fourier), normalised like the
-  paper's penalties (lambda = 1 / (H W), H W the model's frame): summed over
-  frames and channels, averaged over the frame's pixels, so a clip whose every
-  pixel moved by the whole bound (|dz| = 1) costs ~ T, as much as the local
-  energy of a saturated clip. See `stviz_jax.insight.accentuate` for the scale.
+  pixels; the spectrum's coefficients for fourier) counted in optimiser steps
+  eta = `step_size` (Adam moves each element by about its learning rate per
+  step, whatever the gradient's scale) and normalised like the paper's
+  penalties (lambda = 1 / (H W), H W the model's frame): summed over frames
+  and channels, averaged over the frame's pixels. So D = T C when every
+  element of a T-frame, C-channel stream is one step from the seed. See
+  `stviz_jax.insight.accentuate` for why this scale.
   """
   total = 0.0
   for s in canvas.params:
     h, w = canvas.sizes[s]
     d = jax.tree.map(lambda a, b: jnp.sum(jnp.square(a - b)), theta[s], theta_seed[s])
-    total = total + sum(jax.tree.leaves(d)) / (h * w)
+    total = total + sum(jax.tree.leaves(d)) / (h * w * step_size ** 2)
   return total
 
 
@@ -245,13 +248,18 @@ def step(canvas: Canvas, tx: optax.GradientTransformation, energy: Energy,
 
 
 def step_attributed(canvas: Canvas, tx: optax.GradientTransformation, energy: Energy,
-                    state: State, i) -> tuple[State, Metrics, Inputs]:
-  """`step`, plus per stream sum_c |dE/dx| `(T, H', W')` on the whole canvas x = B z.
+                    state: State, i, penalty: Callable[[Inputs], jax.Array] | None = None
+                    ) -> tuple[State, Metrics, Inputs]:
+  """`step`, plus per stream sum_c |da/dx| `(T, H', W')` on the whole canvas x = B z.
 
-  The gradient is the one the step ascends (the energy's, penalties included,
-  pulled back through the transforms onto the canvas): for pixels it is the
-  theta gradient / B, otherwise `jax.vjp` carries it through `to_pixels` to
-  theta, so both come from one network pass.
+  a = objective + penalty: with `penalty(x_t)` the energy's penalties of the
+  step's input (objective = activation - penalty), a is the unit's activation,
+  so the map shows where the unit looks, not where the regularisers push (TV
+  would light up the edges of the unit's support); None = the objective's own
+  gradient. The step itself is `step`'s: the objective's gradient on the
+  canvas pixels, pulled back to theta through `to_pixels` (`jax.vjp`; for
+  pixels the theta gradient is B times it), so both come from one network
+  pass; the penalties' gradient costs no network pass.
   """
   pixels, pull = jax.vjp(canvas.pixels, state.theta)
 
@@ -261,9 +269,23 @@ def step_attributed(canvas: Canvas, tx: optax.GradientTransformation, energy: En
 
   grads_x, terms = jax.grad(loss, has_aux=True)(pixels)
   (grads,) = pull(grads_x)
-  saliency = {s: jnp.sum(jnp.abs(g), axis=-1) for s, g in grads_x.items()}
+  unit_grads = grads_x
+  if penalty is not None:
+    # -d objective/dx + d penalty/dx = -d activation/dx (the sign goes in |.|).
+    pen = jax.grad(lambda x: penalty(canvas.transformed_pixels(x, state.key, i)))(pixels)
+    unit_grads = jax.tree.map(_difference, grads_x, pen)
+  saliency = {s: jnp.sum(jnp.abs(g), axis=-1) for s, g in unit_grads.items()}
   return (_update(canvas, tx, state, grads), Metrics(terms["objective"], terms["activation"]),
           saliency)
+
+
+def _difference(a, b):
+  """a - b, with differences below 1e-5 of the stream's largest |a| + |b| set to 0:
+  where the unit does not look, a and b cancel up to rounding (of the largest
+  terms, as TV's gradient is itself a difference), a residue the map's
+  normalisation would scale up to 1."""
+  d = a - b
+  return jnp.where(jnp.abs(d) <= 1e-5 * jnp.max(jnp.abs(a) + jnp.abs(b)), 0.0, d)
 
 
 def _update(canvas, tx, state, grads) -> State:

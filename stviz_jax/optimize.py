@@ -164,7 +164,8 @@ class Visualizer:
 
   With `config.insight.attribution` the unit optimisation also accumulates
   MACO's transparency map (`ascent.step_attributed`: sum over steps of
-  sum_c |dE/dx| on the canvas, in the same backward pass), so `run_chunk`
+  sum_c |da/dx| of the unit's activation a on the canvas, from the same
+  backward pass), so `run_chunk`
   returns a fourth output and `Result.attribution` is set; without it the
   compiled program is the plain one, output for output.
   """
@@ -317,10 +318,15 @@ class Visualizer:
     def one(unit, tv, state):
       only_channel = (self.layer, unit) if self.one_channel else None
       energy = self._energy(self.terms, variables, unit, tv, only_channel)
-      return ascent.step_attributed(self.canvas, self.tx, energy, state, i)
+      return ascent.step_attributed(self.canvas, self.tx, energy, state, i,
+                                    functools.partial(self._penalty, tv=tv))
 
     state, metrics, saliency = jax.vmap(one)(units, tv, state)
     return (state, jax.tree.map(jnp.add, total, saliency)), metrics
+
+  def _penalty(self, x, tv):
+    """The penalties `objective.regularized` subtracts (sum over streams), alone."""
+    return sum(regularizers.penalty(v, self.weights[s], *tv[s]) for s, v in x.items())
 
   def _finish_attributed(self, args, carry):
     state, total = carry
@@ -368,11 +374,14 @@ class Visualizer:
 
     Called as `(label, variables, units, (keys, seeds), tv, weights)`: element i
     starts at the clip `seeds[s][i]` (`ascent.init_at`) and ascends
-    E(x) - weights[i] * D(theta, theta_seed) (`ascent.distance`); units, clips
+    E(x) - weights[i] * D(theta, theta_seed) (`ascent.distance`, in steps of
+    `config.optimizer.learning_rate`); units, clips
     and weights are traced, so one compilation serves a layer. Returns
     `(inputs, activation, history, seed_activation)`, the last the target of
     the seed itself (after the projection onto the B-ball, no transform).
     """
+
+    eta = float(self.config.optimizer.learning_rate)  # D counts distance in steps.
 
     def start(keys_and_seeds):
       keys, seeds = keys_and_seeds
@@ -386,7 +395,7 @@ class Visualizer:
       def one(unit, tv, weight, state, theta_seed):
         only_channel = (self.layer, unit) if self.one_channel else None
         energy = self._energy(self.terms, variables, unit, tv, only_channel)
-        near = lambda theta: weight * ascent.distance(self.canvas, theta, theta_seed)
+        near = lambda theta: weight * ascent.distance(self.canvas, theta, theta_seed, eta)
         return ascent.step(self.canvas, self.tx, energy, state, i, theta_penalty=near)
 
       state, metrics = jax.vmap(one)(units, tv, weights, state, theta_seed)
