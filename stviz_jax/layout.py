@@ -103,7 +103,9 @@ def result_arrays(*, layer: str, units, inputs: Mapping[str, np.ndarray], activa
 def read_result(path: str, inputs: bool = True) -> dict[str, Any]:
   """The fields of `result_arrays` from `path`; without `inputs` (they can be
   large) `input_shapes` gives each stream's per-unit shape instead.
-  `attribution` is `{stream: (U, T, H, W)}` or None (a file without maps).
+  `attribution` is `{stream: (U, T, H, W)}` or None (a file without maps); it
+  is read with the inputs (without them, `attribution_shapes` gives its
+  per-unit shapes, `{}` for none).
 
   Raises:
     ValueError: naming `path` when it is not a readable result.
@@ -120,11 +122,12 @@ def read_result(path: str, inputs: bool = True) -> dict[str, Any]:
           config=meta.get("config"), weights=meta.get("weights", ""),
           input_shapes={k[len("inputs_"):]: tuple(s[1:]) for k, s in shapes.items()
                         if k.startswith("inputs_")})
-      attribution = {k[len("attribution_"):]: f[k] for k in f.files
-                     if k.startswith("attribution_")}
-      out["attribution"] = attribution or None
+      out["attribution_shapes"] = {k[len("attribution_"):]: tuple(s[1:])
+                                   for k, s in shapes.items() if k.startswith("attribution_")}
       if inputs:
         out["inputs"] = {k[len("inputs_"):]: f[k] for k in f.files if k.startswith("inputs_")}
+        out["attribution"] = {k[len("attribution_"):]: f[k] for k in f.files
+                              if k.startswith("attribution_")} or None
   except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
     raise ValueError(f"{path}: not a readable stviz_jax result ({e})") from e
   return out

@@ -165,9 +165,9 @@ class Visualizer:
   With `config.insight.attribution` the unit optimisation also accumulates
   MACO's transparency map (`ascent.step_attributed`: sum over steps of
   sum_c |da/dx| of the unit's activation a on the canvas, from the same
-  backward pass), so `run_chunk`
-  returns a fourth output and `Result.attribution` is set; without it the
-  compiled program is the plain one, output for output.
+  backward pass), so `run_chunk` returns a fourth output and
+  `Result.attribution` is set; the optimisation itself is unchanged (bit for
+  bit on CPU). Without it the compiled program is the plain one.
   """
 
   def __init__(self, model: Model, layer: str, config: ml_collections.ConfigDict,
@@ -304,7 +304,7 @@ class Visualizer:
         self.canvas, self._measure(variables, unit, tv), state)
     return jax.vmap(one)(units, tv, state)
 
-  # Units with attribution: the state carries sum_steps sum_c |dE/dx| per stream.
+  # Units with attribution: the state carries sum_steps sum_c |da/dx| per stream.
 
   def _start_attributed(self, keys):
     zeros = {s: jnp.zeros((len(keys),) + p.shape[:3], jnp.float32)
@@ -375,8 +375,8 @@ class Visualizer:
     Called as `(label, variables, units, (keys, seeds), tv, weights)`: element i
     starts at the clip `seeds[s][i]` (`ascent.init_at`) and ascends
     E(x) - weights[i] * D(theta, theta_seed) (`ascent.distance`, in steps of
-    `config.optimizer.learning_rate`); units, clips
-    and weights are traced, so one compilation serves a layer. Returns
+    `config.optimizer.learning_rate`); units, clips and weights are traced,
+    so one compilation serves a layer. Returns
     `(inputs, activation, history, seed_activation)`, the last the target of
     the seed itself (after the projection onto the B-ball, no transform).
     """

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 import stviz_jax as sv
@@ -146,7 +147,7 @@ def test_init_at_refuses_maco_and_bad_seeds_in_one_line(net, red_right):
                          init_rms={"flow": 0.3})
   with pytest.raises(ValueError, match=r"^stream 'flow': param 'maco' cannot start from a "
                                        r"clip .*valid: pixel, fourier"):
-    ascent.init_at(canvas, optax_adam(), jax.random.PRNGKey(0),
+    ascent.init_at(canvas, optax.adam(0.05), jax.random.PRNGKey(0),
                    {"flow": np.zeros((3, 8, 8, 2), np.float32)})
   c = sv.default_config()
   c.objective.kind = "class_logit"
@@ -158,8 +159,3 @@ def test_init_at_refuses_maco_and_bad_seeds_in_one_line(net, red_right):
     accentuate_lib.accentuate(vis, [0], dict(red_right, flow=red_right["flow"][:4]))
   with pytest.raises(ValueError, match=r"weight must be finite and >= 0"):
     accentuate_lib.accentuate(vis, [0], red_right, weight=-1.0)
-
-
-def optax_adam():
-  import optax
-  return optax.adam(0.05)

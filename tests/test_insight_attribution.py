@@ -114,7 +114,9 @@ def test_one_compilation_over_chunks_and_the_maps_survive_save_load_and_resume(
   back = sv.Result.load(path)
   for s in r.attribution:
     np.testing.assert_array_equal(back.attribution[s], r.attribution[s])
-  assert layout.read_result(path, inputs=False)["attribution"]["flow"].shape == (3, 3, 16, 16)
+  assert layout.read_result(path)["attribution"]["flow"].shape == (3, 3, 16, 16)
+  assert layout.read_result(path, inputs=False)["attribution_shapes"] == {
+      "flow": (3, 16, 16), "rgb": (1, 16, 16)}
   c.chunk_size = 1
   state = str(tmp_path / "state")
   first = sweep.run_sweep(vis, [0, 1], [{}], c, state)[0]

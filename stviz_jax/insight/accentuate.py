@@ -5,29 +5,40 @@ optimisation starts from a real clip x_0 (every stream: RGB and flow) and
 maximises the unit while staying near it,
 
     theta* = argmax_theta  E(x(theta)) - w D(theta, theta_0),
-    D(theta, theta_0) = sum_streams sum (theta - theta_0)^2 / (H W),
+    D(theta, theta_0) = sum_streams sum (theta - theta_0)^2 / (H W eta^2),
 
 with E the paper's regularised objective (`objective.regularized`: the same
 regularisers, transforms, parameterisation, optimiser and steps as the
-Visualizer's config), theta_0 = from_pixels(x_0 / B) (`ascent.init_at`; the
-canvas margin the transforms crop away is the seed's edge padding) and D a
-squared distance in the parameterisation's own space (z = x / B for pixels,
-the 1/f-scaled spectrum for fourier; maco cannot start from a clip).
+Visualizer's config), theta_0 = from_pixels(P_B(x_0 / B)) (`ascent.init_at`;
+the canvas margin the transforms crop away is the seed's edge padding; a seed
+pixel beyond the bound B is projected onto the B-ball, as every step would)
+and D (`ascent.distance`) a squared distance in the parameterisation's own
+space (z = x / B for pixels, the 1/f-scaled spectrum for fourier; maco, whose
+magnitude is fixed, cannot start from a clip and raises).
 
-The scale of D. D is normalised like the paper's penalties (lambda_B,
-lambda_TV = 1 / (H W ...)): summed over frames and channels, averaged over the
-frame's pixels, so moving every pixel of a T-frame stream by the whole bound
-(|dz| = 1) costs ~T, the local energy of a saturated clip. Adam is invariant
-to the scale of the gradient, so the learning rate does not set the balance:
-at a stationary point dE/dtheta = w dD/dtheta, i.e. per element
-theta - theta_0 = (H W / 2w) dE/dtheta. Both E's target and D are averages over
-the frame, so this is the objective's per-pixel sensitivity over 2w,
-independent of the frame size; on the synthetic net's class logits w = 1 lets
-the flow turn to another class's direction while the appearance stays near
-the seed (tests/test_insight_accentuate.py), w -> infinity keeps the seed
-(within the default schedule's final step, 0.05 * 0.05 of B), w = 0 is the
-plain optimisation started at the seed. The default learning rate (0.05 B per
-step) bounds how far 200 steps can go either way.
+The scale of D. Adam moves every element by about its learning rate eta per
+step whatever the gradient's scale, so D counts distance in steps of the
+run's `optimizer.learning_rate` (eta, 0.05 of B by default), and like the
+paper's penalties (lambda = 1 / (H W ...)) it is summed over frames and
+channels and averaged over the frame's pixels: D = T C when every element of
+a T-frame, C-channel stream is one step away from the seed. At a stationary
+point dE/dtheta = w dD/dtheta, i.e. per element theta - theta_0 = (H W eta^2 /
+2w) dE/dtheta; the target of a class logit or a channel is itself an average
+over the frame, so this does not depend on the frame size. With this scale w
+of order 1 is the range where the seed bends but survives; measured on the
+synthetic net (`synthetic_two_stream`, 100 steps, defaults otherwise), a 'red
+right' clip accentuated toward 'red left':
+
+    w      flow direction   rgb / flow relative distance   'red left' logit
+    0.5    6 -> 153 deg     0.23 / 0.95                    -5.8 -> 20.3
+    1      6 -> 112 deg     0.14 / 0.63                    -5.8 -> 10.3
+    1e4    6 ->   6 deg     0.071 / 0.001 (the projection)  -5.8 -> -5.8
+
+(toward 'green up' at w = 0.5 the flow turns to 276 deg, up.) w = 0 is the
+plain optimisation started at the seed. The table is for the default
+learning rate: D is divided by eta^2, so at another learning rate the same w
+weighs the seed (0.05 / eta)^2 as much at the optimum (and the steps bound how
+far a run gets before it).
 
 Class units (layer 'logits', `objective.kind = 'class_logit'`): accentuating a
 clip of class A toward class B shows what the net would need to see to call it
