@@ -219,9 +219,12 @@ def attribution_rgba(clip: np.ndarray, attribution: np.ndarray, stream: str = "r
   return np.concatenate([frames, alpha[..., None]], axis=-1)
 
 
+ATTRIBUTION_PANELS = ("clip", "seen through the map", "map")
+
+
 def attribution_overlay(clip: np.ndarray, attribution: np.ndarray, stream: str = "rgb",
                         encoding: str = "rgb", target_size: int = 128, gap: int = 4,
-                        background: int = 0) -> np.ndarray:
+                        background: int = 0, labels: bool = True) -> np.ndarray:
   """Three panels per frame, left to right: the clip, the clip seen through the
   map (MACO: alpha = map over a `background` grey level, black by default, so
   what the unit ignores fades out) and the map as heat over the clip's grey.
@@ -238,9 +241,10 @@ def attribution_overlay(clip: np.ndarray, attribution: np.ndarray, stream: str =
     target_size: about the panels' height in pixels.
     gap: white pixels between panels.
     background: 0..255, the grey the transparent parts fade to.
+    labels: a 16-pixel strip above naming the panels (`ATTRIBUTION_PANELS`).
 
   Returns:
-    `(T, H', 3 W' + 2 gap, 3)` uint8 frames.
+    `(T, H' [+ 16], 3 W' + 2 gap, 3)` uint8 frames.
   """
   rgba = attribution_rgba(clip, attribution, stream, encoding)
   frames, alpha = rgba[..., :3].astype(np.float32), rgba[..., 3:].astype(np.float32) / 255
@@ -250,8 +254,12 @@ def attribution_overlay(clip: np.ndarray, attribution: np.ndarray, stream: str =
   heated = 0.35 * grey + 0.65 * hot
   factor = display_scale(frames.shape[1], target_size)
   panels = [upscale(np.round(p).astype(np.uint8), factor) for p in (frames, seen, heated)]
-  return np.ascontiguousarray(np.stack(
-      [_side_by_side([p[t] for p in panels], gap) for t in range(len(frames))]))
+  out = np.stack([_side_by_side([p[t] for p in panels], gap) for t in range(len(frames))])
+  if labels:
+    width = panels[0].shape[2]
+    strip = _label_strip(ATTRIBUTION_PANELS, [width] * 3, 16, gap)[:, gap:-gap]
+    out = np.concatenate([np.broadcast_to(strip, (len(out),) + strip.shape), out], axis=1)
+  return np.ascontiguousarray(out)
 
 
 # --- files ---------------------------------------------------------------------
