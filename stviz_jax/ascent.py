@@ -271,7 +271,7 @@ def step_attributed(canvas: Canvas, tx: optax.GradientTransformation, energy: En
   (grads,) = pull(grads_x)
   unit_grads = grads_x
   if penalty is not None:
-    # -d objective/dx + d penalty/dx = -d activation/dx (the sign goes in |.|).
+    # -d objective/dx - d penalty/dx = -d activation/dx (the sign goes in |.|).
     pen = jax.grad(lambda x: penalty(canvas.transformed_pixels(x, state.key, i)))(pixels)
     unit_grads = jax.tree.map(_difference, grads_x, pen)
   saliency = {s: jnp.sum(jnp.abs(g), axis=-1) for s, g in unit_grads.items()}
