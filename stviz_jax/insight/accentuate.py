@@ -23,9 +23,13 @@ paper's penalties (lambda = 1 / (H W ...)) it is summed over frames and
 channels and averaged over the frame's pixels: D = T C when every element of
 a T-frame, C-channel stream is one step away from the seed. At a stationary
 point dE/dtheta = w dD/dtheta, i.e. per element theta - theta_0 = (H W eta^2 /
-2w) dE/dtheta; the target of a class logit or a channel is itself an average
-over the frame, so this does not depend on the frame size. With this scale w
-of order 1 is the range where the seed bends but survives; measured on the
+2w) dE/dtheta. A class logit of a globally pooled net is itself an average
+over the frame, so for class units this does not depend on the frame size;
+a channel objective sums over the layer's positions (over rho^2), so there w
+must grow with the layer's size (the hand-built linear units of the tests,
+summing 16 x 16 x 3 positions, still move far from a seed at w = 1e4). With
+this scale w of order 1 is, for class units, the range where the seed bends
+but survives; measured on the
 synthetic net (`synthetic_two_stream`, 100 steps, defaults otherwise), a 'red
 right' clip accentuated toward 'red left':
 
