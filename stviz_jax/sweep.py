@@ -138,7 +138,6 @@ class _ChunkStore:
   def restore(self, index: int):
     tree = self.manager.restore(index, args=ocp.args.StandardRestore())
     out = (tree["inputs"], tree["activation"], tree["history"])
-    # The fingerprint covers config.insight.attribution, so a chunk has maps iff the sweep does.
     return out + ((tree["attribution"],) if "attribution" in tree else ())
 
   def chunk_path(self, index: int) -> str:
@@ -216,6 +215,9 @@ def run_sweep(vis: Visualizer, units: Sequence[int],
         try:
           restored = store.restore(i)
           jax.tree.map(np.asarray, restored)  # a corrupt chunk fails here, not later.
+          if (len(restored) == 4) != vis.attribution:  # e.g. saved before the maps existed.
+            raise ValueError("saved with%s the attribution maps; config.insight.attribution "
+                             "is %s" % ("" if len(restored) == 4 else "out", vis.attribution))
           outs.append(restored)
           bar.skip(n_part)
           continue

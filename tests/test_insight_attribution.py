@@ -131,6 +131,13 @@ def test_one_compilation_over_chunks_and_the_maps_survive_save_load_and_resume(
     np.testing.assert_array_equal(again.attribution[s], first.attribution[s])
     np.testing.assert_allclose(first.attribution[s], r.attribution[s][:2], atol=1e-5)
   off = _config(5, False)
+  # Chunks saved without maps (e.g. by a version before them) are recomputed, not mixed in.
+  c_off = _config(5, False)
+  c_off.chunk_size = 1
+  old = str(tmp_path / "old_state")
+  sweep.run_sweep(sv.Visualizer(quadrant_model, "quad", c_off), [0, 1], [{}], c_off, old)
+  mixed = sweep.run_sweep(vis, [0, 1], [{}], c_off, old)[0]
+  np.testing.assert_array_equal(mixed.attribution["flow"], first.attribution["flow"])
   r_off = sv.Visualizer(quadrant_model, "quad", off).run([0], log_progress=False)
   r_off.save(path)
   assert sv.Result.load(path).attribution is None
