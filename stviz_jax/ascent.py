@@ -23,6 +23,15 @@ them, so callers `jit`, `vmap` and `scan` them freely:
     state, metrics = ascent.step(canvas, tx, energy, state, i)   # i = 0 .. steps - 1
     x, activation = ascent.finish(canvas, measure, state)
 
+Two variants share the step. `init_at(canvas, tx, key, pixels)` starts from
+a given clip instead of noise (feature accentuation), and `step`'s
+`theta_penalty` subtracts a function of theta itself, e.g.
+`w * distance(canvas, theta, theta_seed)`. `step_attributed` is `step` that
+also returns |da/dx| of the unit's activation a on the canvas pixels (MACO's
+transparency), from the same backward pass: the gradient is taken w.r.t. the
+canvas pixels x = B z and pulled back to theta through `to_pixels`
+(`jax.vjp`, no second network pass).
+
 `energy(x, i) -> {"objective", "activation", ...}` is the network pass plus
 penalties for step i (`objective.regularized`); `measure(x)` the activation
 reported for the result. A batch of K samples optimised jointly (diversity:
@@ -37,10 +46,12 @@ import dataclasses
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 from stviz_jax import param as param_lib
+from stviz_jax import regularizers
 from stviz_jax import transforms as transforms_lib
 
 Inputs = dict[str, jax.Array]
@@ -118,7 +129,25 @@ class Canvas:
     """The input of step `step`: the transforms, keyed by fold_in(key, step), of the canvas."""
     if self.is_batched:
       return jax.vmap(self._one().transformed, in_axes=(0, 0, None))(theta, key, step)
-    return self.fit(self.transform(jax.random.fold_in(key, step), self.pixels(theta)))
+    return self.transformed_pixels(self.pixels(theta), key, step)
+
+  def transformed_pixels(self, x: Inputs, key, step) -> Inputs:
+    """`transformed` of canvas pixels `x` (model input units) rather than of theta."""
+    return self.fit(self.transform(jax.random.fold_in(key, step), x))
+
+  def pad(self, x: Inputs) -> Inputs:
+    """Model-sized pixels `(T, H, W, C)` grown to the canvas by edge padding, placed
+    where `fit` crops the centre (so `fit(pad(x)) == x`)."""
+    out = {}
+    for s, v in x.items():
+      t, h, w, c = self.params[s].shape
+      if v.shape != (t, self.sizes[s][0], self.sizes[s][1], c):
+        raise ValueError(f"stream {s!r}: seed has shape {tuple(v.shape)}; valid: "
+                         f"{(t, *self.sizes[s], c)} (the model's input)")
+      dy, dx = h - v.shape[1], w - v.shape[2]
+      out[s] = jnp.pad(v, ((0, 0), (dy // 2, dy - dy // 2), (dx // 2, dx - dx // 2), (0, 0)),
+                       mode="edge")
+    return out
 
   def project(self, theta):
     """Every pixel back onto the B-ball (`Param.project`)."""
@@ -152,19 +181,117 @@ def init(canvas: Canvas, tx: optax.GradientTransformation, key) -> State:
   return State(theta, tx.init(theta), transform_key)
 
 
+def init_at(canvas: Canvas, tx: optax.GradientTransformation, key, pixels: Inputs) -> State:
+  """The state whose canvas is the clip `pixels` (feature accentuation's start).
+
+  theta = from_pixels(P_B(pad(x) / B)) per stream: the seed `x` (model-sized,
+  in model input units) edge-padded to the canvas (the margin the transforms
+  crop away) and, where a pixel exceeds the bound, projected onto the B-ball as
+  every step would. Fresh Adam moments; `key` keys the transforms as in `init`.
+
+  Raises:
+    ValueError: naming the stream when its parameterisation has no
+      `from_pixels` (maco: its magnitude is fixed, so a clip is not reachable).
+  """
+  if canvas.is_batched:
+    raise ValueError("init_at takes one canvas; vmap it over seeds instead of batched()")
+  for s, p in canvas.params.items():
+    # MACO's from_pixels keeps only the phase: its clip is not the seed.
+    if p.from_pixels is None or "maco" in p.name:
+      raise ValueError(f"stream {s!r}: param {p.name!r} cannot start from a clip (no exact "
+                       "from_pixels); valid: pixel, fourier (any colour)")
+  padded = canvas.pad({s: pixels[s] for s in canvas.params})
+  theta = {s: canvas.params[s].from_pixels(
+      regularizers.project_to_ball(padded[s] / canvas.bounds[s], 1.0))
+      for s in canvas.params}
+  _, transform_key = jax.random.split(key)
+  return State(theta, tx.init(theta), transform_key)
+
+
+def distance(canvas: Canvas, theta, theta_seed, step_size: float) -> jax.Array:
+  """D(theta, theta_0) = sum_streams sum (theta - theta_0)^2 / (H W eta^2).
+
+  A squared distance in the parameterisation's own space (z = x / B for
+  pixels; the spectrum's coefficients for fourier) counted in optimiser steps
+  eta = `step_size` (Adam moves each element by about its learning rate per
+  step, whatever the gradient's scale) and normalised like the paper's
+  penalties (lambda = 1 / (H W), H W the model's frame): summed over frames
+  and channels, averaged over the frame's pixels. So D = T C when every
+  element of a T-frame, C-channel stream is one step from the seed. See
+  `stviz_jax.insight.accentuate` for why this scale.
+  """
+  total = 0.0
+  for s in canvas.params:
+    h, w = canvas.sizes[s]
+    d = jax.tree.map(lambda a, b: jnp.sum(jnp.square(a - b)), theta[s], theta_seed[s])
+    total = total + sum(jax.tree.leaves(d)) / (h * w * step_size ** 2)
+  return total
+
+
 def step(canvas: Canvas, tx: optax.GradientTransformation, energy: Energy,
-         state: State, i) -> tuple[State, Metrics]:
+         state: State, i, theta_penalty: Callable | None = None) -> tuple[State, Metrics]:
   """Step `i` (traced) of gradient ascent on `energy`; returns the new state and
-  the step's objective and activation (measured before the update)."""
+  the step's objective and activation (measured before the update).
+
+  With `theta_penalty(theta) -> scalar` the ascended quantity is
+  energy - theta_penalty (the reported objective too).
+  """
 
   def loss(theta):
     terms = energy(canvas.transformed(theta, state.key, i), i)
+    if theta_penalty is not None:
+      terms = dict(terms, objective=terms["objective"] - theta_penalty(theta))
     return -terms["objective"], terms
 
   grads, terms = jax.grad(loss, has_aux=True)(state.theta)
+  return _update(canvas, tx, state, grads), Metrics(terms["objective"], terms["activation"])
+
+
+def step_attributed(canvas: Canvas, tx: optax.GradientTransformation, energy: Energy,
+                    state: State, i, penalty: Callable[[Inputs], jax.Array] | None = None
+                    ) -> tuple[State, Metrics, Inputs]:
+  """`step`, plus per stream sum_c |da/dx| `(T, H', W')` on the whole canvas x = B z.
+
+  a = objective + penalty: with `penalty(x_t)` the energy's penalties of the
+  step's input (objective = activation - penalty), a is the unit's activation,
+  so the map shows where the unit looks, not where the regularisers push (TV
+  would light up the edges of the unit's support); None = the objective's own
+  gradient. The step itself is `step`'s: the objective's gradient on the
+  canvas pixels, pulled back to theta through `to_pixels` (`jax.vjp`; for
+  pixels the theta gradient is B times it), so both come from one network
+  pass; the penalties' gradient costs no network pass.
+  """
+  pixels, pull = jax.vjp(canvas.pixels, state.theta)
+
+  def loss(x):
+    terms = energy(canvas.transformed_pixels(x, state.key, i), i)
+    return -terms["objective"], terms
+
+  grads_x, terms = jax.grad(loss, has_aux=True)(pixels)
+  (grads,) = pull(grads_x)
+  unit_grads = grads_x
+  if penalty is not None:
+    # -d objective/dx - d penalty/dx = -d activation/dx (the sign goes in |.|).
+    pen = jax.grad(lambda x: penalty(canvas.transformed_pixels(x, state.key, i)))(pixels)
+    unit_grads = jax.tree.map(_difference, grads_x, pen)
+  saliency = {s: jnp.sum(jnp.abs(g), axis=-1) for s, g in unit_grads.items()}
+  return (_update(canvas, tx, state, grads), Metrics(terms["objective"], terms["activation"]),
+          saliency)
+
+
+def _difference(a, b):
+  """a - b, with differences below 1e-5 of the stream's largest |a| + |b| set to 0:
+  where the unit does not look, a and b cancel up to rounding (of the largest
+  terms, as TV's gradient is itself a difference), a residue the map's
+  normalisation would scale up to 1."""
+  d = a - b
+  return jnp.where(jnp.abs(d) <= 1e-5 * jnp.max(jnp.abs(a) + jnp.abs(b)), 0.0, d)
+
+
+def _update(canvas, tx, state, grads) -> State:
   updates, opt_state = tx.update(grads, state.opt_state, state.theta)
   theta = canvas.project(optax.apply_updates(state.theta, updates))
-  return State(theta, opt_state, state.key), Metrics(terms["objective"], terms["activation"])
+  return State(theta, opt_state, state.key)
 
 
 def finish(canvas: Canvas, measure: Callable[[Inputs], jax.Array],

@@ -84,12 +84,16 @@ def unit_arrays(inputs: Mapping[str, np.ndarray], activation: float, unit: int, 
 def result_arrays(*, layer: str, units, inputs: Mapping[str, np.ndarray], activations,
                   history: Mapping[str, np.ndarray], a_hat_given: bool, seed: int,
                   settings: Mapping[str, Sequence[float]], config: dict | None = None,
-                  weights: str = "") -> dict[str, np.ndarray]:
+                  weights: str = "",
+                  attribution: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
   """What `RESULT_FILE` (and a unit's `samples_file`) holds: `inputs_<stream>`
   (U, T, H, W, C), `history_<name>` (U, steps), `units`, `activations` and
   `meta` (JSON: layer, a_hat_given, seed, settings, the run's config and a
-  digest of the weights)."""
+  digest of the weights); optionally `attribution_<stream>` (U, T, H, W), the
+  transparency maps of `config.insight.attribution` (absent when not computed)."""
   arrays = {f"inputs_{k}": np.asarray(v) for k, v in inputs.items()}
+  arrays.update({f"attribution_{k}": np.asarray(v, np.float32)
+                 for k, v in (attribution or {}).items()})
   arrays.update({f"history_{k}": np.asarray(v) for k, v in history.items()})
   meta = dict(layer=layer, a_hat_given=bool(a_hat_given), seed=int(seed),
               settings={k: [float(x) for x in v] for k, v in settings.items()},
@@ -102,6 +106,9 @@ def result_arrays(*, layer: str, units, inputs: Mapping[str, np.ndarray], activa
 def read_result(path: str, inputs: bool = True) -> dict[str, Any]:
   """The fields of `result_arrays` from `path`; without `inputs` (they can be
   large) `input_shapes` gives each stream's per-unit shape instead.
+  `attribution` is `{stream: (U, T, H, W)}` or None (a file without maps); it
+  is read with the inputs (without them, `attribution_shapes` gives its
+  per-unit shapes, `{}` for none).
 
   Raises:
     ValueError: naming `path` when it is not a readable result.
@@ -118,8 +125,12 @@ def read_result(path: str, inputs: bool = True) -> dict[str, Any]:
           config=meta.get("config"), weights=meta.get("weights", ""),
           input_shapes={k[len("inputs_"):]: tuple(s[1:]) for k, s in shapes.items()
                         if k.startswith("inputs_")})
+      out["attribution_shapes"] = {k[len("attribution_"):]: tuple(s[1:])
+                                   for k, s in shapes.items() if k.startswith("attribution_")}
       if inputs:
         out["inputs"] = {k[len("inputs_"):]: f[k] for k in f.files if k.startswith("inputs_")}
+        out["attribution"] = {k[len("attribution_"):]: f[k] for k in f.files
+                              if k.startswith("attribution_")} or None
   except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
     raise ValueError(f"{path}: not a readable stviz_jax result ({e})") from e
   return out

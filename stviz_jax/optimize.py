@@ -92,9 +92,11 @@ class Compiled:
   loop over one compiled step (`host_loop`), chosen by `Visualizer.loop`.
 
   It is given, for traced arguments `args = (variables, units, tv, *extra)`,
-  `start(keys) -> state`, `step(args, state, i) -> (state, ascent.Metrics)` and
-  `finish(args, state) -> (inputs, activation)`. Calls return
-  `(inputs, activation, history)`, the history's steps along `steps_axis`.
+  `start(keys) -> state` (`keys`: any pytree, e.g. keys and seed clips),
+  `step(args, state, i) -> (state, ascent.Metrics)` and
+  `finish(args, state) -> (inputs, activation, *more)`. Calls return
+  `(inputs, activation, history, *more)`, the history's steps along
+  `steps_axis` (`more`: e.g. the attribution maps).
   Every trace adds one to the Visualizer's `trace_count`.
   """
 
@@ -120,8 +122,8 @@ class Compiled:
       return self.step(args, state, i)
 
     state, metrics = jax.lax.scan(body, self.start(keys), jnp.arange(self.vis.config.steps))
-    x, activation = self.finish(args, state)
-    return x, activation, self._history(metrics)
+    x, activation, *more = self.finish(args, state)
+    return (x, activation, self._history(metrics), *more)
 
   def _traced_step(self, args, state, i):
     self.vis.trace_count += 1  # runs only while tracing.
@@ -136,8 +138,9 @@ class Compiled:
       self.vis.progress.tick(i)
       state, m = self.step_j(args, state, np.int32(i))
       metrics.append(m)
-    x, activation = self.finish_j(args, state)
-    return x, activation, self._history(jax.tree.map(lambda *m: jnp.stack(m), *metrics))
+    x, activation, *more = self.finish_j(args, state)
+    return (x, activation, self._history(jax.tree.map(lambda *m: jnp.stack(m), *metrics)),
+            *more)
 
   def __call__(self, label: str, variables, units, keys, tv, *extra):
     """Runs on the host, with progress under `label`; returns numpy arrays."""
@@ -155,8 +158,16 @@ class Visualizer:
 
   `run(units, seed, tv)` may be called with any units and any kappa/gamma
   values without recompiling; `trace_count` counts compilations (tests and
-  sweeps assert it stays 1). `compiled_units` and `compiled_samples` are the
-  compiled optimisations of `run_chunk` and `run_diverse`.
+  sweeps assert it stays 1). `compiled_units`, `compiled_samples` and
+  `compiled_accentuation` are the compiled optimisations of `run_chunk`,
+  `run_diverse` and `stviz_jax.insight.accentuate`.
+
+  With `config.insight.attribution` the unit optimisation also accumulates
+  MACO's transparency map (`ascent.step_attributed`: sum over steps of
+  sum_c |da/dx| of the unit's activation a on the canvas, from the same
+  backward pass), so `run_chunk` returns a fourth output and
+  `Result.attribution` is set; the optimisation itself is unchanged (bit for
+  bit on CPU). Without it the compiled program is the plain one.
   """
 
   def __init__(self, model: Model, layer: str, config: ml_collections.ConfigDict,
@@ -191,12 +202,17 @@ class Visualizer:
     self.tx = ascent.optimizer(config.optimizer, config.steps)
     self.apply = with_compute_dtype(model.apply, config.compute_dtype)
     self.terms = objective_lib.regularized(self.apply, self.target, self.weights)
+    self.attribution = bool(config.insight.attribution)
     self.trace_count = 0
     # Steps, s/step and ETA logged from inside the compiled loop (0 = off).
     self.progress = progress_lib.StepProgress(float(config.progress_every))
     self.last_timing = (0.0, 0.0)  # (start-up incl. compilation, loop) seconds of the last call.
-    self.compiled_units = Compiled(self, self._start_units, self._step_units,
-                                   self._finish_units, steps_axis=1)
+    if self.attribution:
+      self.compiled_units = Compiled(self, self._start_attributed, self._step_attributed,
+                                     self._finish_attributed, steps_axis=1)
+    else:
+      self.compiled_units = Compiled(self, self._start_units, self._step_units,
+                                     self._finish_units, steps_axis=1)
     self.loop  # validates config.loop early.
 
   @property
@@ -288,6 +304,40 @@ class Visualizer:
         self.canvas, self._measure(variables, unit, tv), state)
     return jax.vmap(one)(units, tv, state)
 
+  # Units with attribution: the state carries sum_steps sum_c |da/dx| per stream.
+
+  def _start_attributed(self, keys):
+    zeros = {s: jnp.zeros((len(keys),) + p.shape[:3], jnp.float32)
+             for s, p in self.canvas.params.items()}
+    return self._start_units(keys), zeros
+
+  def _step_attributed(self, args, carry, i):
+    variables, units, tv = args
+    state, total = carry
+
+    def one(unit, tv, state):
+      only_channel = (self.layer, unit) if self.one_channel else None
+      energy = self._energy(self.terms, variables, unit, tv, only_channel)
+      return ascent.step_attributed(self.canvas, self.tx, energy, state, i,
+                                    functools.partial(self._penalty, tv=tv))
+
+    state, metrics, saliency = jax.vmap(one)(units, tv, state)
+    return (state, jax.tree.map(jnp.add, total, saliency)), metrics
+
+  def _penalty(self, x, tv):
+    """The penalties `objective.regularized` subtracts (sum over streams), alone."""
+    return sum(regularizers.penalty(v, self.weights[s], *tv[s]) for s, v in x.items())
+
+  def _finish_attributed(self, args, carry):
+    state, total = carry
+    x, activation = self._finish_units(args, state)
+    return x, activation, jax.vmap(self._attribution_map)(total)
+
+  def _attribution_map(self, total):
+    """The canvas's centre (the model's frame), each stream scaled to max 1."""
+    centre = self.canvas.fit({s: v[..., None] for s, v in total.items()})
+    return {s: v[..., 0] / jnp.maximum(jnp.max(v), 1e-30) for s, v in centre.items()}
+
   # Diverse samples: K samples of one unit, coupled (see run_diverse).
 
   @functools.cached_property
@@ -316,6 +366,51 @@ class Visualizer:
 
     return Compiled(self, start, step, finish, steps_axis=0)
 
+  # Accentuation: units started from seed clips, kept near them.
+
+  @functools.cached_property
+  def compiled_accentuation(self) -> Compiled:
+    """The compiled optimisation of `stviz_jax.insight.accentuate`.
+
+    Called as `(label, variables, units, (keys, seeds), tv, weights)`: element i
+    starts at the clip `seeds[s][i]` (`ascent.init_at`) and ascends
+    E(x) - weights[i] * D(theta, theta_seed) (`ascent.distance`, in steps of
+    `config.optimizer.learning_rate`); units, clips and weights are traced,
+    so one compilation serves a layer. Returns
+    `(inputs, activation, history, seed_activation)`, the last the target of
+    the seed itself (after the projection onto the B-ball, no transform).
+    """
+
+    eta = float(self.config.optimizer.learning_rate)  # D counts distance in steps.
+
+    def start(keys_and_seeds):
+      keys, seeds = keys_and_seeds
+      state = jax.vmap(lambda k, x: ascent.init_at(self.canvas, self.tx, k, x))(keys, seeds)
+      return state, state.theta
+
+    def step(args, carry, i):
+      variables, units, tv, weights = args
+      state, theta_seed = carry
+
+      def one(unit, tv, weight, state, theta_seed):
+        only_channel = (self.layer, unit) if self.one_channel else None
+        energy = self._energy(self.terms, variables, unit, tv, only_channel)
+        near = lambda theta: weight * ascent.distance(self.canvas, theta, theta_seed, eta)
+        return ascent.step(self.canvas, self.tx, energy, state, i, theta_penalty=near)
+
+      state, metrics = jax.vmap(one)(units, tv, weights, state, theta_seed)
+      return (state, theta_seed), metrics
+
+    def finish(args, carry):
+      variables, units, tv, _ = args
+      state, theta_seed = carry
+      x, activation = self._finish_units(args[:3], state)
+      before = jax.vmap(lambda unit, tv, theta: self._measure(variables, unit, tv)(
+          self.canvas.final(theta)))(units, tv, theta_seed)
+      return x, activation, before
+
+    return Compiled(self, start, step, finish, steps_axis=1)
+
   # --- the public loop ---------------------------------------------------------
 
   def run_diverse(self, unit: int, samples: int, seed: int = 0, weight: float | None = None,
@@ -343,7 +438,9 @@ class Visualizer:
     chunk is split across devices and the weights copied to each.
 
     Returns:
-      `(inputs, activations, history)` as numpy arrays with a leading element axis.
+      `(inputs, activations, history)` as numpy arrays with a leading element
+      axis, and with `config.insight.attribution` a fourth, the maps
+      `{stream: (n, T, H, W)}` in [0, 1].
     """
     units = jnp.asarray(np.asarray(units, np.int32))
     base_key = jax.random.PRNGKey(seed)
@@ -379,11 +476,12 @@ class Visualizer:
         outs.append(self.run_chunk(u, [settings] * chunk, seed))
         bar.update(chunk, log=log_progress)
     n = units.size
-    x, act, hist = jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
+    x, act, hist, *attribution = jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
     return Result(layer=self.layer, units=units, inputs=dict(x),
                   activations=np.asarray(act), history=dict(hist),
                   a_hat_given=a_hat_given(self.config),
-                  seed=seed, settings=settings, class_names=self.class_names)
+                  seed=seed, settings=settings, class_names=self.class_names,
+                  attribution=dict(attribution[0]) if attribution else None)
 
 
 def run_diverse(vis: "Visualizer", unit: int, samples: int, seed: int = 0,

@@ -12,6 +12,10 @@ not per frame), so speed differences between frames stay visible. The common
 HSV colour-wheel encoding (hue = direction, value = |f| / max |f| over the
 sequence) is available too, with a legend image.
 
+Attribution maps (`stviz_jax.insight.attribution`) are drawn beside their
+clip by `attribution_overlay`: the clip seen through the map (MACO's
+transparency, alpha = map) and the map as heat.
+
 Media: PNG, looping GIF, MP4 (H.264) and WebM (VP9), all encoded by
 imageio / imageio-ffmpeg (no system ffmpeg needed) and written atomically
 (temporary name, then rename). Figure grids follow the paper's layout: rows
@@ -169,6 +173,93 @@ def grid(tiles: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
       y, x = pad + i * (h + pad), pad + j * (w + pad)
       out[y:y + h, x:x + w] = t
   return out
+
+
+# --- attribution maps ------------------------------------------------------------
+
+# A perceptually ordered heat scale (black, purple, red, orange, pale yellow; as
+# matplotlib's inferno at 0, 1/4, 1/2, 3/4, 1), linearly interpolated.
+_HEAT = np.asarray([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9],
+                    [252, 255, 164]], np.float32)
+
+
+def heat(values: np.ndarray) -> np.ndarray:
+  """`(...)` values in [0, 1] -> `(..., 3)` uint8 on the heat scale (0 black, 1 pale yellow)."""
+  v = np.clip(np.asarray(values, np.float32), 0.0, 1.0) * (len(_HEAT) - 1)
+  lo = np.minimum(np.floor(v).astype(np.int32), len(_HEAT) - 2)
+  f = (v - lo)[..., None]
+  return np.round(_HEAT[lo] * (1 - f) + _HEAT[lo + 1] * f).astype(np.uint8)
+
+
+def _check_map(frames: np.ndarray, attribution: np.ndarray) -> np.ndarray:
+  m = np.asarray(attribution, np.float32)
+  if m.shape != frames.shape[:3]:
+    raise ValueError(f"attribution map has shape {m.shape}; valid: {frames.shape[:3]} "
+                     "(the clip's (T, H, W))")
+  if not np.all(np.isfinite(m)):
+    raise ValueError("attribution map contains NaN or infinite values")
+  return np.clip(m / max(float(m.max()), 1e-30), 0.0, 1.0)
+
+
+def attribution_rgba(clip: np.ndarray, attribution: np.ndarray, stream: str = "rgb",
+                     encoding: str = "rgb") -> np.ndarray:
+  """MACO's picture: the clip coloured as `stream_frames` does, alpha = the map.
+
+  Args:
+    clip: `(T, H, W, C)` one stream's input (RGB, or flow coloured by `encoding`).
+    attribution: `(T, H, W)` map, >= 0 (scaled to max 1 here).
+    stream: the stream's name ('flow' or 2 channels: flow colouring).
+    encoding: flow colouring, "rgb" (paper) or "hsv".
+
+  Returns:
+    `(T, H, W, 4)` uint8; alpha = round(255 * map / max map), 0 where the map is 0.
+  """
+  frames = stream_frames(stream, clip, encoding)
+  alpha = np.round(_check_map(frames, attribution) * 255).astype(np.uint8)
+  return np.concatenate([frames, alpha[..., None]], axis=-1)
+
+
+ATTRIBUTION_PANELS = ("clip", "seen through the map", "map")
+
+
+def attribution_overlay(clip: np.ndarray, attribution: np.ndarray, stream: str = "rgb",
+                        encoding: str = "rgb", target_size: int = 128, gap: int = 4,
+                        background: int = 0, labels: bool = True) -> np.ndarray:
+  """Three panels per frame, left to right: the clip, the clip seen through the
+  map (MACO: alpha = map over a `background` grey level, black by default, so
+  what the unit ignores fades out) and the map as heat over the clip's grey.
+
+  Save the frames with `save_frames` / `save_gif` / `save_video`. Small clips
+  are upscaled nearest-neighbour to about `target_size` pixels high.
+
+  Args:
+    clip: `(T, H, W, C)` one stream's input, model input units.
+    attribution: `(T, H, W)` map (e.g. `Result.attribution[stream][i]` or
+      `insight.attribution.gradient_x_input`), >= 0.
+    stream: the stream's name ('flow' or 2 channels: flow colouring).
+    encoding: flow colouring, "rgb" (paper) or "hsv".
+    target_size: about the panels' height in pixels.
+    gap: white pixels between panels.
+    background: 0..255, the grey the transparent parts fade to.
+    labels: a 16-pixel strip above naming the panels (`ATTRIBUTION_PANELS`).
+
+  Returns:
+    `(T, H' [+ 16], 3 W' + 2 gap, 3)` uint8 frames.
+  """
+  rgba = attribution_rgba(clip, attribution, stream, encoding)
+  frames, alpha = rgba[..., :3].astype(np.float32), rgba[..., 3:].astype(np.float32) / 255
+  seen = frames * alpha + float(background) * (1 - alpha)
+  grey = frames.mean(axis=-1, keepdims=True)
+  hot = heat(alpha[..., 0]).astype(np.float32)
+  heated = 0.35 * grey + 0.65 * hot
+  factor = display_scale(frames.shape[1], target_size)
+  panels = [upscale(np.round(p).astype(np.uint8), factor) for p in (frames, seen, heated)]
+  out = np.stack([_side_by_side([p[t] for p in panels], gap) for t in range(len(frames))])
+  if labels:
+    width = panels[0].shape[2]
+    strip = _label_strip(ATTRIBUTION_PANELS, [width] * 3, 16, gap)[:, gap:-gap]
+    out = np.concatenate([np.broadcast_to(strip, (len(out),) + strip.shape), out], axis=1)
+  return np.ascontiguousarray(out)
 
 
 # --- files ---------------------------------------------------------------------

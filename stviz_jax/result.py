@@ -25,6 +25,9 @@ class Result:
     a_hat_given: whether a_hat came from validation data (else 1).
     seed: the seed.
     settings: regularisation values used, e.g. {'flow': (kappa, gamma)}.
+    attribution: stream -> `(U, T, H, W)` MACO's transparency map in [0, 1]
+      (the input gradient accumulated during the optimisation, the model's
+      frame; `config.insight.attribution`), or None when not computed.
     class_names: the model's class names when `layer` is 'logits' (labels the
       display; not saved in the file).
   """
@@ -37,6 +40,7 @@ class Result:
   a_hat_given: bool
   seed: int
   settings: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+  attribution: dict[str, np.ndarray] | None = None
   class_names: tuple[str, ...] | None = dataclasses.field(default=None, repr=False,
                                                           compare=False)
 
@@ -50,7 +54,7 @@ class Result:
     files.savez(path, layout.result_arrays(
         layer=self.layer, units=self.units, inputs=self.inputs, activations=self.activations,
         history=self.history, a_hat_given=self.a_hat_given, seed=self.seed,
-        settings=self.settings,
+        settings=self.settings, attribution=self.attribution,
         config=json.loads(config.to_json()) if config is not None else None, weights=weights))
 
   def _repr_html_(self) -> str:
@@ -64,4 +68,5 @@ class Result:
     r = layout.read_result(path)
     return cls(layer=r["layer"], units=r["units"], inputs=r["inputs"],
                activations=r["activations"], history=r["history"],
-               a_hat_given=r["a_hat_given"], seed=r["seed"], settings=r["settings"])
+               a_hat_given=r["a_hat_given"], seed=r["seed"], settings=r["settings"],
+               attribution=r["attribution"])

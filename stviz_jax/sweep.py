@@ -137,7 +137,8 @@ class _ChunkStore:
 
   def restore(self, index: int):
     tree = self.manager.restore(index, args=ocp.args.StandardRestore())
-    return tree["inputs"], tree["activation"], tree["history"]
+    out = (tree["inputs"], tree["activation"], tree["history"])
+    return out + ((tree["attribution"],) if "attribution" in tree else ())
 
   def chunk_path(self, index: int) -> str:
     return os.path.join(str(self.manager.directory), str(index))
@@ -153,8 +154,11 @@ class _ChunkStore:
 
 
 def _as_tree(out):
-  inputs, act, hist = out
-  return {"inputs": dict(inputs), "activation": np.asarray(act), "history": dict(hist)}
+  inputs, act, hist, *attribution = out
+  tree = {"inputs": dict(inputs), "activation": np.asarray(act), "history": dict(hist)}
+  if attribution:
+    tree["attribution"] = dict(attribution[0])
+  return tree
 
 
 def run_sweep(vis: Visualizer, units: Sequence[int],
@@ -211,6 +215,9 @@ def run_sweep(vis: Visualizer, units: Sequence[int],
         try:
           restored = store.restore(i)
           jax.tree.map(np.asarray, restored)  # a corrupt chunk fails here, not later.
+          if (len(restored) == 4) != vis.attribution:  # e.g. saved before the maps existed.
+            raise ValueError("saved with%s the attribution maps; config.insight.attribution "
+                             "is %s" % ("" if len(restored) == 4 else "out", vis.attribution))
           outs.append(restored)
           bar.skip(n_part)
           continue
@@ -235,7 +242,8 @@ def run_sweep(vis: Visualizer, units: Sequence[int],
                "%d chunks restored, %d compilation(s))", vis.layer, len(elements), total,
                compile_s, len(done), vis.trace_count)
 
-  inputs, act, hist = jax.tree.map(lambda *xs: np.concatenate(xs)[:len(elements)], *outs)
+  inputs, act, hist, *attribution = jax.tree.map(
+      lambda *xs: np.concatenate(xs)[:len(elements)], *outs)
   results = []
   n = units.size
   for k, s in enumerate(full):
@@ -243,5 +251,6 @@ def run_sweep(vis: Visualizer, units: Sequence[int],
     results.append(Result(
         layer=vis.layer, units=units, inputs={m: v[sl] for m, v in inputs.items()},
         activations=np.asarray(act[sl]), history={m: v[sl] for m, v in hist.items()},
-        a_hat_given=a_hat_given(config), seed=seed, settings=s, class_names=vis.class_names))
+        a_hat_given=a_hat_given(config), seed=seed, settings=s, class_names=vis.class_names,
+        attribution={m: v[sl] for m, v in attribution[0].items()} if attribution else None))
   return results

@@ -128,3 +128,41 @@ def test_the_step_composes_with_grad_for_meta_gradients():
 def test_unknown_schedule_names_the_field():
   with pytest.raises(ValueError, match="optimizer.schedule 'linear'.*cosine, exponential"):
     ascent.optimizer(_opt(schedule="linear"), 10)
+
+
+def test_step_attributed_is_step_plus_the_activation_gradient_on_the_canvas():
+  canvas, tx = _canvas(jitter=3), ascent.optimizer(_opt(), 10)
+  d = jax.random.normal(jax.random.PRNGKey(1), SHAPE)
+  state = ascent.init(canvas, tx, jax.random.PRNGKey(0))
+  lam = 0.3
+  penalty = lambda x: lam * jnp.sum(x["flow"] ** 2)
+
+  def energy(x, i):
+    act = jnp.vdot(x["flow"], d)
+    return {"objective": act - penalty(x), "activation": act}
+
+  new, metrics = ascent.step(canvas, tx, energy, state, 4)
+  new_a, metrics_a, saliency = ascent.step_attributed(canvas, tx, energy, state, 4, penalty)
+  np.testing.assert_allclose(new_a.theta["flow"], new.theta["flow"], rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(metrics_a.objective, metrics.objective, rtol=1e-6)
+  # dE_act/dx on the canvas: d placed in step 4's jitter window, 0 outside it.
+  x = canvas.pixels(state.theta)
+  _, pull = jax.vjp(lambda v: canvas.transformed_pixels({"flow": v}, state.key, 4)["flow"],
+                    x["flow"])
+  want = np.abs(np.asarray(pull(d)[0])).sum(-1)
+  assert saliency["flow"].shape == canvas.params["flow"].shape[:3]
+  np.testing.assert_allclose(saliency["flow"], want, rtol=1e-5, atol=1e-6)
+  assert (want == 0).any()  # the window leaves part of the canvas unseen.
+
+
+def test_theta_penalty_and_distance():
+  canvas, tx = _canvas(), ascent.optimizer(_opt(), 10)
+  state = ascent.init(canvas, tx, jax.random.PRNGKey(0))
+  seed = jax.tree.map(jnp.zeros_like, state.theta)
+  # D counts squared steps per pixel of the frame: sum theta^2 / (H W eta^2).
+  want = float(jnp.sum(state.theta["flow"] ** 2)) / (6 * 6 * 0.1 ** 2)
+  np.testing.assert_allclose(ascent.distance(canvas, state.theta, seed, 0.1), want, rtol=1e-6)
+  near = lambda theta: 1e6 * ascent.distance(canvas, theta, state.theta, 0.1)
+  _, m = ascent.step(canvas, tx, _linear_energy(jnp.ones(SHAPE)), state, 0, theta_penalty=near)
+  _, m0 = ascent.step(canvas, tx, _linear_energy(jnp.ones(SHAPE)), state, 0)
+  np.testing.assert_allclose(m.objective, m0.objective)  # D = 0 at the seed.
