@@ -73,7 +73,14 @@ def get_config(arg=None):
       save_every=0,      # > 0: checkpoints/step_NNNNNN.npz every this many steps
                          # (filter evolution: python -m stviz_jax.evolution).
   ))
+  # What each class unit uses (stviz_jax.insight): natural clips of the net's own
+  # distribution for the sanity check and the top clips' motion indices, and clip 0
+  # ('red right') accentuated toward every class (the confusion study, concrete).
+  config.insight.clips = "synthetic"
+  config.insight.accentuate = "0"
   if arg == "quick":
+    config.insight.num_clips = 24
+    config.insight.top_k = 3
     config.steps = 20
     config.gammas = (0.0, 10.0)
     config.train.steps = 10

@@ -49,6 +49,7 @@ import numpy as np
 
 from stviz_jax import config as config_lib
 from stviz_jax import files, gallery, layout, models, quality, render, sweep
+from stviz_jax.insight import report as insight_report
 from stviz_jax.optimize import Visualizer, run_diverse
 from stviz_jax.plan import (comparisons_from_config, samples_from_config, settings_from_config,
                             targets_from_config)
@@ -350,6 +351,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   samples = samples_from_config(config, model)
   comparisons = comparisons_from_config(config, model, targets)
   settings = settings_from_config(config, model.spec.streams)
+  insight_plan = insight_report.plan(config, model)
   if unfinished:
     logging.warning("%s: replacing an unfinished run of another config (no summary.json): "
                     "removing %s", workdir, ", ".join(os.path.basename(p) for p in unfinished))
@@ -439,8 +441,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      name, block["passing"], block["units"],
                      ", ".join(f"{q[k]:.2f}" for q in entry["quality"].values()
                                for k in q if k.startswith("slope_")))
-      logging.info("%s/%s: %d units written (media %.1fs, ranks and quality %.1fs)",
-                   target.name, name, len(result.units), t_media, time.time() - t_quality)
+      t_insight = time.time()
+      insight = insight_report.assess(vis, result, target_config, insight_plan, out_dir)
+      if insight:
+        entry["insight"] = insight
+      logging.info("%s/%s: %d units written (media %.1fs, ranks and quality %.1fs, "
+                   "insight %.1fs)", target.name, name, len(result.units), t_media,
+                   t_insight - t_quality, time.time() - t_insight)
       if samples:
         per_unit = diverse[j]
         entry["samples"] = {

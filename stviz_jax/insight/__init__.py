@@ -17,4 +17,6 @@
 * `sanity`: is the unit's picture processed like natural clips? (Geirhos et al.
   2023, "Don't trust your eyes": the rank correlation of activation paths.)
 * `clips`: the natural clips they compare with (`config.insight.clips`).
+* `report`: all of them for one result, as the main job runs them
+  (`summary.json`'s `insight` block per target and setting, and their media).
 """
