@@ -27,6 +27,16 @@ are in::
     <target>/<setting>/unit_0003_sample2_<stream>.*   media of sample k >= 1
     <target>/<setting>/samples_grid.png               units (rows) x the K samples
 
+What each unit uses (`config.insight`, `stviz_jax.insight.report`), per setting:
+`summary.json`'s `insight` block (motion index, shuffle drop and stream shares
+of the optimised clip and of the unit's top natural clips; the sanity check;
+accentuation), and beside the result::
+
+    <target>/<setting>/motion.csv, motion_histogram.png    one line / count per unit
+    <target>/<setting>/unit_0003_attribution_<stream>.*   MACO's map as an overlay video
+    <target>/<setting>/unit_0003_accentuated0_<stream>.*  natural clip 0 pushed toward unit 3
+    <target>/<setting>/seed_clip0_<stream>.*              that clip as it started
+
 `config.gallery.compare` ("A:B; ...", class names or indices) and every
 `class_contrast` target give gallery pages with two class units side by side
 (the paper's Figs. 13-15); the resolved pairs are `summary.json`'s `comparisons`.
