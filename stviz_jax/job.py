@@ -34,8 +34,7 @@ accentuation), and beside the result::
 
     <target>/<setting>/motion.csv, motion_histogram.png    one line / count per unit
     <target>/<setting>/unit_0003_attribution_<stream>.*   MACO's map as an overlay video
-    <target>/<setting>/unit_0003_accentuated0_<stream>.*  natural clip 0 pushed toward unit 3
-    <target>/<setting>/seed_clip0_<stream>.*              that clip as it started
+    <target>/<setting>/unit_0003_accentuated0_<stream>.*  natural clip 0 | it pushed toward unit 3
 
 `config.gallery.compare` ("A:B; ...", class names or indices) and every
 `class_contrast` target give gallery pages with two class units side by side

@@ -12,8 +12,8 @@ readers import it cheaply.
           result.npz                                 (RESULT_FILE)
           unit_0003.npz, unit_0003_<stream>.png ...  (unit_file)
           unit_0003_samples.npz, unit_0003_sample1_<stream>.gif   (samples_file, sample_stem)
-          unit_0003_attribution_<stream>.gif, unit_0003_accentuated2_<stream>.gif,
-          seed_clip2_<stream>.gif                    (attribution_stem, accentuated_stem, ...)
+          unit_0003_attribution_<stream>.gif, unit_0003_accentuated2_<stream>.gif
+                                                     (attribution_stem, accentuated_stem)
           motion.csv, motion_histogram.png           (MOTION_TABLE_FILE, ...)
       gallery/                                       (GALLERY_DIR)
 
@@ -165,13 +165,8 @@ def attribution_stem(unit: int, stream: str) -> str:
 
 
 def accentuated_stem(unit: int, clip: int, stream: str) -> str:
-  """Media stem of natural clip `clip` accentuated toward the unit."""
+  """Media stem of natural clip `clip` and its accentuation toward the unit, side by side."""
   return unit_file(unit, f"_accentuated{int(clip)}_{stream}")
-
-
-def seed_clip_stem(clip: int, stream: str) -> str:
-  """Media stem of natural clip `clip` as accentuation started from it (one per setting)."""
-  return f"seed_clip{int(clip)}_{stream}"
 
 
 MOTION_TABLE_FILE = "motion.csv"            # per setting: one line per unit (insight.motion).

@@ -262,6 +262,35 @@ def attribution_overlay(clip: np.ndarray, attribution: np.ndarray, stream: str =
   return np.ascontiguousarray(out)
 
 
+def clips_side_by_side(clips: Sequence[np.ndarray], stream: str, labels: Sequence[str],
+                       encoding: str = "rgb", target_size: int = 128,
+                       gap: int = 4) -> np.ndarray:
+  """Clips of one stream left to right on ONE colour scale, labelled above.
+
+  Flow colours are min-max over the video (`flow_to_rgb`); colouring each clip
+  alone would give a seed and its accentuated version different scales, so
+  the same colour could mean different motions. Here the min-max spans all
+  the clips.
+
+  Args:
+    clips: `(T, H, W, C)` inputs of one stream, equal shapes.
+    stream: the stream's name ('flow' or 2 channels: flow colouring).
+    labels: one text per clip.
+    encoding: flow colouring, "rgb" (paper) or "hsv".
+
+  Returns:
+    `(T, 16 + H', n W' + (n - 1) gap, 3)` uint8 frames.
+  """
+  joined = stream_frames(stream, np.concatenate([np.asarray(c) for c in clips], axis=2),
+                         encoding)
+  factor = display_scale(joined.shape[1], target_size)
+  panels = [upscale(p, factor) for p in np.split(joined, len(clips), axis=2)]
+  out = np.stack([_side_by_side([p[t] for p in panels], gap) for t in range(len(joined))])
+  strip = _label_strip(labels, [panels[0].shape[2]] * len(panels), 16, gap)[:, gap:-gap]
+  return np.ascontiguousarray(
+      np.concatenate([np.broadcast_to(strip, (len(out),) + strip.shape), out], axis=1))
+
+
 # --- files ---------------------------------------------------------------------
 
 

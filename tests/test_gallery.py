@@ -173,8 +173,13 @@ def test_unit_page_has_config_seed_history_and_rows(run_dir):
   assert [c["regularisation (kappa, gamma)"]["flow"] for c in per_setting] == [[1, 0], [1, 10]]
   assert all(c["seed"] == config["seed"] for c in per_setting)
   # One row per setting, each with the appearance image and the flow video of unit 1.
-  srcs = [a.get("src") or a.get("data-stem") for t, a in p.tags if t in ("img", "video")
-          and "data-stem" in a]
+  media = [a.get("src") or a.get("data-stem") for t, a in p.tags if t in ("img", "video")
+           and "data-stem" in a]
+  srcs = [m for m in media if "_attribution_" not in m]
+  # The attribution overlays (config.insight.attribution) come after, one per stream.
+  assert [m for m in media if "_attribution_" in m] == [
+      f"../../fusion/{s}/unit_0001_attribution_{v}" for s in ("kappa1_gamma0", "kappa1_gamma10")
+      for v in ("flow", "rgb.png")]
   assert srcs == ["../../fusion/kappa1_gamma0/unit_0001_rgb.png",
                   "../../fusion/kappa1_gamma0/unit_0001_flow",
                   "../../fusion/kappa1_gamma10/unit_0001_rgb.png",

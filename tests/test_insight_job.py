@@ -93,7 +93,7 @@ def test_gallery_shows_what_the_unit_uses(run):
   page = open(os.path.join(workdir, "gallery", "fusion", "unit_0003.html")).read()
   assert "What the unit uses" in page and "motion index" in page
   assert "Where it looks" in page and "attribution" in page
-  assert "What it amplifies in real clips" in page and "seed_clip0_flow" in page
+  assert "What it amplifies in real clips" in page and "unit_0003_accentuated0_flow" in page
   layer = open(os.path.join(workdir, "gallery", "fusion", "index.html")).read()
   assert 'value="motion"' in layer and "data-motion" in layer
   assert "motion_histogram.png" in layer

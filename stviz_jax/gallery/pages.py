@@ -485,16 +485,12 @@ def _insight_html(page_dir: str, layer: LayerRuns, unit: int, summary: Mapping) 
     att = (block.get("attribution") or {}).get(str(unit)) or {}
     if att:
       cells = "".join(
-          f"<td>{_clip_tag(_url(page_dir, os.path.join(out_dir, a['stem'])), _display(a), a['frames'] > 1, f'unit {unit} {k} attribution')}"
+          f"<td>{_clip_tag(_url(page_dir, os.path.join(out_dir, a['stem'])), (a['width'], a['height']), a['frames'] > 1, f'unit {unit} {k} attribution')}"
           f"<br><span class=\"note\">{_e(k)}</span></td>" for k, a in att.items())
       attributions.append(f"<tr><th>{_e(r.label())}</th>{cells}</tr>")
     for acc in (block.get("accentuation") or {}).get(str(unit)) or []:
-      cells = []
-      for k, a in acc["streams"].items():
-        for which in ("seed", "accentuated"):
-          tag = _clip_tag(_url(page_dir, os.path.join(out_dir, a[which])), _display(a),
-                          a["frames"] > 1, f"{which} {k}")
-          cells.append(f"<td>{tag}<br><span class=\"note\">{which} {_e(k)}</span></td>")
+      cells = [f"<td>{_clip_tag(_url(page_dir, os.path.join(out_dir, a['stem'])), (a['width'], a['height']), a['frames'] > 1, f'{k}: seed | accentuated')}"
+               f"<br><span class=\"note\">{_e(k)}</span></td>" for k, a in acc["streams"].items()]
       dist = ", ".join(f"{_e(k)} {v:.2f}" for k, v in (acc.get("distance") or {}).items())
       accents.append(
           f"<tr><th>{_e(r.label())}<br>{_e(acc.get('name', acc['clip']))}</th>{''.join(cells)}"
@@ -517,14 +513,9 @@ def _insight_html(page_dir: str, layer: LayerRuns, unit: int, summary: Mapping) 
   if accents:
     out.append('<h3>What it amplifies in real clips</h3><p class="note">Feature '
                'accentuation: the optimisation started from a natural clip and kept near it; '
-               'seed beside result, with the unit’s activation before and after.</p>'
+               'seed beside result on one colour scale, with the unit’s activation before and after.</p>'
                '<table class="rows">' + "".join(accents) + "</table>")
   return "\n".join(out)
-
-
-def _display(media: Mapping) -> tuple[int, int]:
-  f = render.display_scale(media["height"], DISPLAY_SIZE)
-  return media["width"] * f, media["height"] * f
 
 
 _QUALITY_NOTE = ("Picture quality (stviz_jax.quality): <b>robust</b> = share of {n} seeded random "

@@ -15,13 +15,13 @@ media beside the result and returns the `insight` block of that setting in
     attribution       {unit: {stream: {stem, frames, height, width}}}: MACO's map of
                       the optimisation, as an overlay video     (insight.attribution)
     accentuation      {unit: [{clip, name, activation_before, activation_after,
-                      distance, streams: {stream: {seed, accentuated, ...}}}]}
+                      distance, streams: {stream: {stem, frames, ...}}}]}
                                                            (insight.accentuate)
 
 Files per setting folder: `motion.csv` and `motion_histogram.png` (one line
 / one count per unit), `unit_0003_attribution_<stream>.*`,
-`unit_0003_accentuated<k>_<stream>.*` and `seed_clip<k>_<stream>.*`
-(`stviz_jax.layout`).
+`unit_0003_accentuated<k>_<stream>.*` (seed | accentuated on one colour
+scale; `stviz_jax.layout`).
 """
 
 from __future__ import annotations
@@ -81,15 +81,6 @@ def _media(stem: str, frames: np.ndarray) -> dict[str, Any]:
   return {"stem": os.path.basename(stem), "frames": int(t), "height": int(h), "width": int(w)}
 
 
-def _stream_media(stem: str, stream: str, x: np.ndarray) -> dict[str, Any]:
-  """One stream's clip as the job's unit media are written (`render.save_stream_media`)."""
-  render.save_stream_media(stem, stream, x, _FORMATS)
-  t, h, w = x.shape[:3]
-  f = render.display_scale(h)
-  return {"stem": os.path.basename(stem), "frames": int(t), "height": int(h * f),
-          "width": int(w * f)}
-
-
 def top_clips(vis, units, natural: clips_lib.NaturalClips, k: int) -> np.ndarray:
   """`(U, k)` indices of each unit's most activating natural clips (best first)."""
   acts = motion_lib.unit_activations(vis.model, vis.layer, units, natural.inputs)
@@ -130,14 +121,12 @@ def _accentuation(vis, result: Result, config, natural: clips_lib.NaturalClips,
     acc = accentuate_lib.accentuate(vis, result.units, seed_clip,
                                     float(config.insight.accentuate_weight),
                                     seed=int(config.insight.seed), tv=tv)
-    seeds = {s: _stream_media(os.path.join(out_dir, layout.seed_clip_stem(k, s)), s, x)
-             for s, x in seed_clip.items()}
     for i, unit in enumerate(result.units):
-      streams = {}
-      for s in seed_clip:
-        out = _stream_media(os.path.join(out_dir, layout.accentuated_stem(int(unit), k, s)),
-                            s, acc.inputs[s][i])
-        streams[s] = dict(out, seed=seeds[s]["stem"], accentuated=out["stem"])
+      # Seed and result on one colour scale (a flow colour means one motion in both).
+      streams = {s: _media(os.path.join(out_dir, layout.accentuated_stem(int(unit), k, s)),
+                           render.clips_side_by_side([x, acc.inputs[s][i]], s,
+                                                     ("seed", "accentuated")))
+                 for s, x in seed_clip.items()}
       block[str(int(unit))].append({
           "clip": int(k), "name": natural.names[k],
           "activation_before": float(acc.seed_activations[i]),
