@@ -454,6 +454,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       insight = insight_report.assess(vis, result, target_config, insight_plan, out_dir)
       if insight:
         entry["insight"] = insight
+        summary.setdefault("insight", {}).setdefault(target.name, {})[name] = (
+            insight_report.summarise(insight))
       logging.info("%s/%s: %d units written (media %.1fs, ranks and quality %.1fs, "
                    "insight %.1fs)", target.name, name, len(result.units), t_media,
                    t_insight - t_quality, time.time() - t_insight)

@@ -67,6 +67,11 @@ def test_summary_holds_every_insight_block_per_unit(run):
             assert os.path.exists(os.path.join(out_dir, media["stem"] + ".webm")), media
       assert os.path.exists(os.path.join(workdir, target, s, layout.MOTION_TABLE_FILE))
       assert os.path.exists(os.path.join(workdir, target, s, layout.MOTION_HISTOGRAM_FILE))
+  for target in ("fusion", "classes"):
+    for s in SETTINGS:
+      brief = summary["insight"][target][s]
+      assert brief["units"] == 2 and brief["checked"] == 2
+      assert 0 <= brief["median_motion_index"] <= 1 and set(brief["flagged"]) <= {0, 2, 3}
   on_disk = json.load(open(os.path.join(workdir, "summary.json")))
   assert on_disk["layers"] == json.loads(json.dumps(summary["layers"]))
 
@@ -94,6 +99,8 @@ def test_gallery_shows_what_the_unit_uses(run):
   assert "What the unit uses" in page and "motion index" in page
   assert "Where it looks" in page and "attribution" in page
   assert "What it amplifies in real clips" in page and "unit_0003_accentuated0_flow" in page
+  index = open(os.path.join(workdir, "index.html")).read()
+  assert "What the units use" in index and "median motion index" in index
   layer = open(os.path.join(workdir, "gallery", "fusion", "index.html")).read()
   assert 'value="motion"' in layer and "data-motion" in layer
   assert "motion_histogram.png" in layer

@@ -554,6 +554,36 @@ def _quality_table(workdir: str, summary: Mapping, layers: Sequence[LayerRuns]) 
           + "".join(rows) + "</table>")
 
 
+def _insight_table(summary: Mapping, layers: Sequence[LayerRuns]) -> str:
+  """The index's "What the units use": per target and setting, motion and sanity in brief."""
+  block = summary.get("insight")
+  if not block:
+    return ""
+  rows = []
+  for layer in layers:
+    names = {n.replace("/", "_"): n for n in block}
+    per = block.get(names.get(layer.target, layer.target)) or {}
+    for r in layer.runs:
+      b = per.get(r.name)
+      if not b:
+        continue
+      flagged = b.get("flagged")
+      sanity = ("-" if flagged is None else
+                f'<span class="{"bad" if flagged else "ok"}">{len(flagged)} of {b["checked"]}'
+                f'</span>' + (f' (units {", ".join(map(str, flagged))})' if flagged else ""))
+      rows.append(f'<tr><th>{_e(layer.title)}</th><td>{_e(r.label())}</td>'
+                  f'<td>{_num(b.get("median_motion_index"))}</td>'
+                  f'<td>{b.get("dynamic_units", "-")} of {b.get("units", "-")}</td>'
+                  f'<td>{sanity}</td></tr>')
+  return ('<h2>What the units use</h2><p class="note">Motion index 0 = the unit fires as '
+          'well with the motion removed, 1 = it needs the motion (stviz_jax.insight); '
+          'flagged = its picture is processed unlike its top natural clips (sanity '
+          'check). Details and overlays on each unit page.</p><table class="rows"><tr>'
+          '<th>target</th><th>setting</th><th>median motion index</th><th>units needing '
+          'motion (index &gt; 0.5)</th><th>pictures flagged</th></tr>'
+          + "".join(rows) + "</table>")
+
+
 def index_page(workdir: str, layers: Sequence[LayerRuns], figures: Mapping[str, Any],
                 model: str, stats_path: str | None,
                 comps: Sequence[Comparison] = ()) -> str:
@@ -589,6 +619,7 @@ def index_page(workdir: str, layers: Sequence[LayerRuns], figures: Mapping[str, 
 <h2>Layers</h2>
 {chr(10).join(cards) or '<p>No results found (no */*/result.npz).</p>'}
 {_quality_table(workdir, summary, layers)}
+{_insight_table(summary, layers)}
 {compare}
 """
   return _page(f"{model} · stviz_jax", body,

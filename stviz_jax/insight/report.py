@@ -163,3 +163,20 @@ def assess(vis, result: Result, config, insight_plan: Plan, out_dir: str) -> dic
     block["accentuation"] = _accentuation(vis, result, config, natural,
                                           insight_plan.accentuate, out_dir)
   return block
+
+
+def summarise(block: dict) -> dict:
+  """A target and setting in a few numbers (summary.json's top-level `insight`)."""
+  out: dict[str, Any] = {}
+  motion = [m["motion_index"] for m in (block.get("motion") or {}).values()
+            if m.get("motion_index") is not None]
+  if motion:
+    out["units"] = len(block["motion"])
+    out["median_motion_index"] = float(np.median(motion))
+    out["dynamic_units"] = int(sum(m > 0.5 for m in motion))
+  sanity = block.get("sanity") or {}
+  if sanity:
+    out["flagged"] = sorted(int(u) for u, r in sanity.items() if r["flag"])
+    out["checked"] = len(sanity)
+  return out
+
