@@ -1,6 +1,6 @@
 """Convolutions rewritten into the forms XLA:CPU runs fast.
 
-Two rewrites, active only inside `cpu_rewrites()` (the `Visualizer` enters it
+Three rewrites, active only inside `cpu_rewrites()` (the `Visualizer` enters it
 around its steps on CPU):
 
 1. The input gradient as a forward convolution. JAX differentiates
@@ -85,7 +85,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   ones also need channels-last layout and no kernel dilation. Their input
   gradient becomes forward convolutions (stride 1: one; strided: one per
   output phase, `_strided_input_grad`), and a stride-1 3-D convolution with
-  more than one time tap becomes a sum of 2-D ones (`_conv3d_as_2d`).
+  more than one time tap becomes a sum of 2-D ones (`_conv3d_as_2d`). A
+  strided 3-D one with under `SPACE_TO_DEPTH_MAX_CHANNELS` input channels
+  and kernels no shorter than the stride becomes a stride-1 one on blocks
+  first (`_space_to_depth_conv`).
   Anything else, or any call outside `cpu_rewrites()`, is
   `lax.conv_general_dilated` unchanged.
   """
@@ -215,9 +218,10 @@ def _conv_bwd(strides, padding, rhs_dilation, dn, precision, res, g):
                                rhs_dilation)
     return lax.conv_general_dilated(g, kernel, strides, pads, None, rhs_dilation, dn,
                                     precision=precision), grad_rhs
-  # A 3-D input of few channels (I3D's RGB clip) keeps JAX's rule: its phases
-  # are dozens of 2-D convolutions with 3 output channels, which measured 4x
-  # slower than the rule inside lax.scan.
+  # A 3-D input of few channels (I3D's RGB clip) reaches here only with
+  # space-to-depth off or a kernel shorter than the stride, and keeps JAX's
+  # rule: its phases are dozens of 2-D convolutions with 3 output channels,
+  # which measured 4x slower than the rule inside lax.scan.
   if len(strides) < 3 or lhs.shape[-1] >= 16:
     return _strided_input_grad(g, rhs, strides, padding, spatial_in, precision), grad_rhs
   return jax.vjp(lambda x: conv(x, rhs), lhs)[1](g)[0], grad_rhs
