@@ -27,6 +27,10 @@ for PyTorch the tensors autograd saves for the backward pass), compilations.
 
   python benchmarks/speed_video.py --net=vgg16_fusion [--frames=3 --size=112 --units=4 --steps=8]
   python benchmarks/speed_video.py --net=i3d [--frames=16 --size=112]
+
+`--ablate=space_to_depth` also compiles stviz_jax with that CPU rewrite off
+(`models.conv.space_to_depth(False)`) and times it in the same rounds: what
+the lever buys, as a ratio within one run.
 """
 
 import argparse
@@ -92,6 +96,9 @@ def main():
   p.add_argument("--seed", type=int, default=0, help="weights and inputs")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--no-torch", action="store_true")
+  p.add_argument("--ablate", default="", choices=["", "space_to_depth"],
+                 help="also time stviz_jax compiled with this CPU rewrite off, in the "
+                      "same rounds (key stviz_jax_no_<lever>)")
   args = p.parse_args()
   threads = os.cpu_count() or 1
   arch, layer, frames, size, factory_args = WORKLOADS[args.net]
@@ -109,6 +116,13 @@ def main():
   vis.run(units, chunk_size=args.units, log_progress=False)
   compile_and_first_s = time.perf_counter() - t
   mem_per_unit = sweep.element_memory_bytes(vis)  # XLA's memory analysis of the step.
+  ablated = None
+  if args.ablate:
+    from stviz_jax.models import conv
+    ablated = sv.Visualizer(model, layer, config)
+    with getattr(conv, args.ablate)(False):  # the rewrites apply at trace time
+      ablated.run(units, chunk_size=args.units, log_progress=False)
+      ablated_mem = sweep.element_memory_bytes(ablated)
 
   out = {"benchmark": f"speed_video_{args.net}_{layer}", "dtype": args.dtype,
          "units": args.units, "steps": args.steps, "frames": frames, "size": size,
@@ -160,6 +174,10 @@ def main():
     times["stviz_jax"].append(time.perf_counter() - t)
     if torch_run:
       times["torch"].append(torch_run()[0])
+    if ablated is not None:
+      t = time.perf_counter()
+      ablated.run(units, chunk_size=args.units, log_progress=False)
+      times.setdefault(f"stviz_jax_no_{args.ablate}", []).append(time.perf_counter() - t)
   np_peak, xla_peak = matmul_peak()
 
   per = {k: float(np.median(v)) / (args.units * args.steps) for k, v in times.items() if v}
@@ -173,6 +191,11 @@ def main():
           resource.RUSAGE_SELF).ru_maxrss) / 1024, 1),
       "compilations": vis.trace_count,
   })
+  if ablated is not None:
+    out[f"ablation_no_{args.ablate}"] = {
+        "speedup_of_lever": round(per[f"stviz_jax_no_{args.ablate}"] / per["stviz_jax"], 3),
+        "mem_per_unit_mb": round(ablated_mem / 2**20, 1) if ablated_mem else None,
+        "compilations": ablated.trace_count}
   if flops_per_unit_step:
     gflops = {k: flops_per_unit_step / v / 1e9 for k, v in per.items()}
     out["gflop_per_unit_step"] = round(flops_per_unit_step / 1e9, 2)

@@ -458,13 +458,22 @@ class Visualizer:
   def run(self, units: Sequence[int], seed: int = 0,
           tv: Mapping[str, tuple[float, float]] | None = None,
           chunk_size: int | None = None, log_progress: bool = True) -> Result:
-    """Optimises `units` in chunks of `chunk_size` (the last one padded; one compilation)."""
+    """Optimises `units` in chunks of `chunk_size` (the last one padded; one compilation).
+
+    `chunk_size` None or 0: `config.chunk_size`, and when that is 0 too the
+    backend's automatic chunk (`sweep.auto_chunk_size`: 1 on CPU, as many as
+    fit half an accelerator's memory).
+    """
     units = np.asarray(units, np.int32).ravel()
     if units.size == 0:
       raise ValueError("no units to visualise")
     self.model.spec.check_units(self.layer, units)
     settings = self.settings(tv)
-    chunk = min(int(chunk_size or self.config.chunk_size or units.size), units.size)
+    chunk = int(chunk_size or self.config.chunk_size or 0)
+    if chunk <= 0:  # automatic, per backend (`sweep.auto_chunk_size`)
+      from stviz_jax import sweep  # sweep imports this module
+      chunk = sweep.plan_chunk_size(self, units.size, 1)
+    chunk = min(chunk, units.size)
     n_chunks = -(-units.size // chunk)
     padded = np.concatenate([units, np.full(n_chunks * chunk - units.size, units[-1],
                                             np.int32)])

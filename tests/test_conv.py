@@ -81,9 +81,46 @@ def test_strided_input_gradient_by_phases_equals_jax(nd, stride, pad, k):
                            for d in dilations), dilations  # no input dilation left
 
 
-def test_strided_3d_rgb_input_gradient_equals_jax():
-  """I3D's first layer (7x7x7 / 2 on 3 channels) keeps JAX's rule inside the rewrite."""
+SPACE_TO_DEPTH = [(stride, pad, k, spatial) for stride, pad, k, spatial in itertools.product(
+    ((2, 2, 2), (1, 2, 2), (2, 3, 2)), ("SAME", "VALID", "explicit"), (3, 7),
+    ((8, 12, 12), (7, 9, 11)))]
+
+
+@pytest.mark.parametrize("stride,pad,k,spatial", SPACE_TO_DEPTH)
+def test_strided_3d_rgb_by_space_to_depth_equals_jax(stride, pad, k, spatial):
+  """I3D's first layer (7x7x7 / 2 on 3 channels) and its neighbours: values and
+  gradients equal JAX's, computed by stride-1 convolutions without input dilation."""
+  x, w = _random_conv(k, spatial, 3, k, 3)
+  w = w / np.sqrt(w[..., 0].size)  # outputs of order 1, where sin is well conditioned
+  padding = ((3, 1), (2, 3), (0, 4)) if pad == "explicit" else pad
+  dn = DIMENSION_NUMBERS[3]
+  with conv.cpu_rewrites():
+    y = jax.jit(lambda x, w: conv.conv_general_dilated(x, w, stride, padding,
+                                                       dimension_numbers=dn))(x, w)
+    loss = lambda x, w: jnp.sum(jnp.sin(conv.conv_general_dilated(
+        x, w, stride, padding, dimension_numbers=dn)))
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, w))
+    got = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
+  want_y = lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=dn)
+  np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5 * float(jnp.abs(want_y).max()))
+  want = jax.grad(lambda x, w: jnp.sum(jnp.sin(lax.conv_general_dilated(
+      x, w, stride, padding, dimension_numbers=dn))), argnums=(0, 1))(x, w)
+  # The weight gradient sums thousands of cancelling terms in another order.
+  for g, h, tol in zip(got, want, (1e-5, 1e-4)):
+    np.testing.assert_allclose(g, h, rtol=1e-4, atol=tol * float(jnp.abs(h).max()))
+  assert "custom_vjp" in jaxpr
+  for attr in ("lhs_dilation", "window_strides"):
+    values = re.findall(attr + r"=\(([0-9, ]*)\)", jaxpr)
+    assert values and all(set(v.replace(" ", "").strip(",").split(",")) == {"1"}
+                          for v in values), (attr, values)
+
+
+def test_space_to_depth_switch_keeps_jax_rule():
   x, w = _random_conv(0, (8, 12, 12), 3, 7, 3)
+  with conv.cpu_rewrites(), conv.space_to_depth(False):
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: conv.conv_general_dilated(
+        x, w, (2, 2, 2), "SAME", dimension_numbers=DIMENSION_NUMBERS[3]).sum()))(x[:1]))
+  assert "window_strides=(2, 2, 2)" in jaxpr
   _rewritten_and_jax_gradients(x[:1], w, 2, "SAME", 1)
 
 

@@ -1,6 +1,6 @@
 """Convolutions rewritten into the forms XLA:CPU runs fast.
 
-Two rewrites, active only inside `cpu_rewrites()` (the `Visualizer` enters it
+Three rewrites, active only inside `cpu_rewrites()` (the `Visualizer` enters it
 around its steps on CPU):
 
 1. The input gradient as a forward convolution. JAX differentiates
@@ -19,6 +19,13 @@ around its steps on CPU):
    The weight gradient is JAX's own rule.
 2. 3-D convolutions as sums of 2-D ones over the kernel's time taps: XLA:CPU
    has no fast 3-D convolution (I3D's 3x3x3 layers run 2-2.5x faster split).
+3. Space-to-depth for strided 3-D convolutions of few input channels (I3D's
+   7x7x7 stride-2 RGB stem), as TPU stems do: the padded input's s_t x s_h x
+   s_w blocks become channels (3 -> 24) and the zero-padded kernel's taps
+   regroup likewise (7 -> 4 per axis), giving a stride-1 convolution that
+   takes rewrites 1 and 2 (kernels at least as long as the stride; shorter
+   ones would multiply zeros). Its input gradient is then forward 2-D
+   convolutions plus a reshape, instead of JAX's input-dilated rule.
 
 Because `jax.custom_vjp` has no forward mode, the rewrites stay inside the
 context; outside it `conv_general_dilated` is exactly
@@ -40,6 +47,11 @@ import jax.numpy as jnp
 from jax import lax
 
 _ACTIVE = contextvars.ContextVar("stviz_cpu_rewrites", default=False)
+# Rewrite 3 on/off (trace time); a switch so benchmarks can measure what it buys.
+_SPACE_TO_DEPTH = contextvars.ContextVar("stviz_space_to_depth", default=True)
+# Strided 3-D convolutions with fewer input channels than this take rewrite 3
+# (more channels: the phases of `_strided_input_grad` are fast already).
+SPACE_TO_DEPTH_MAX_CHANNELS = 16
 
 
 @contextlib.contextmanager
@@ -50,6 +62,16 @@ def cpu_rewrites(active: bool = True):
     yield
   finally:
     _ACTIVE.reset(token)
+
+
+@contextlib.contextmanager
+def space_to_depth(active: bool = True):
+  """Within this context (at trace time), rewrite 3 (module docstring) is on or off."""
+  token = _SPACE_TO_DEPTH.set(active)
+  try:
+    yield
+  finally:
+    _SPACE_TO_DEPTH.reset(token)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -63,7 +85,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   ones also need channels-last layout and no kernel dilation. Their input
   gradient becomes forward convolutions (stride 1: one; strided: one per
   output phase, `_strided_input_grad`), and a stride-1 3-D convolution with
-  more than one time tap becomes a sum of 2-D ones (`_conv3d_as_2d`).
+  more than one time tap becomes a sum of 2-D ones (`_conv3d_as_2d`). A
+  strided 3-D one with under `SPACE_TO_DEPTH_MAX_CHANNELS` input channels
+  and kernels no shorter than the stride becomes a stride-1 one on blocks
+  first (`_space_to_depth_conv`).
   Anything else, or any call outside `cpu_rewrites()`, is
   `lax.conv_general_dilated` unchanged.
   """
@@ -84,6 +109,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     window = [(rhs.shape[i] - 1) * d + 1 for i, d in zip(dn.rhs_spec[2:], rhs_dilation)]
     padding = lax.padtype_to_pads(in_spatial, window, window_strides, padding)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  if (nd == 3 and strided and _SPACE_TO_DEPTH.get()
+      and lhs.shape[-1] < SPACE_TO_DEPTH_MAX_CHANNELS
+      and all(rhs.shape[i] >= s for i, s in zip(dn.rhs_spec[2:], window_strides))):
+    return _space_to_depth_conv(lhs, rhs, tuple(window_strides), padding, precision)
   if nd == 3 and dn == _channels_last(3) and rhs.shape[0] > 1 and not strided:
     return _conv3d_as_2d(lhs, rhs, padding, rhs_dilation, precision)
   return _conv(lhs, rhs, tuple(window_strides), padding, rhs_dilation, dn, precision)
@@ -94,6 +123,41 @@ def _channels_last(nd: int) -> lax.ConvDimensionNumbers:
   spatial = tuple(range(1, nd + 1))
   return lax.ConvDimensionNumbers((0, nd + 1) + spatial, (nd + 1, nd) + tuple(range(nd)),
                                   (0, nd + 1) + spatial)
+
+
+def _space_to_depth_conv(lhs, rhs, strides, padding, precision):
+  """A strided, undilated channels-last convolution as a stride-1 one on blocks.
+
+  Per axis (stride s, kernel k, padding lo, n_out outputs), with K = ceil(k / s),
+  the input padded to L = s (n_out + K - 1) and the kernel zero-padded to s K
+  taps: y[q] = sum_{j<K, r<s} x_pad[(q + j) s + r] w[j s + r], a stride-1
+  "VALID" correlation of x_blk[b, r] = x_pad[b s + r] with w_blk[j, r] =
+  w[j s + r], the block offsets r (and the channels) folded into channels.
+  """
+  nd = lhs.ndim - 2
+  n, c_in, c_out = lhs.shape[0], lhs.shape[-1], rhs.shape[-1]
+  spatial, window = lhs.shape[1:-1], rhs.shape[:nd]
+  taps = [-(-k // s) for k, s in zip(window, strides)]
+  outs = [(size + lo + hi - k) // s + 1 for size, k, s, (lo, hi)
+          in zip(spatial, window, strides, padding)]
+  lengths = [s * (o + kk - 1) for s, o, kk in zip(strides, outs, taps)]
+  # Negative "after" pads crop inputs no output reads.
+  x = lax.pad(lhs, jnp.zeros((), lhs.dtype),
+              [(0, 0, 0)] + [(lo, length - lo - size, 0) for (lo, _), length, size
+                             in zip(padding, lengths, spatial)] + [(0, 0, 0)])
+  blocks = [length // s for length, s in zip(lengths, strides)]
+  x = x.reshape((n,) + tuple(d for b, s in zip(blocks, strides) for d in (b, s)) + (c_in,))
+  x = x.transpose((0,) + tuple(range(1, 2 * nd, 2)) + tuple(range(2, 2 * nd + 1, 2))
+                  + (2 * nd + 1,))
+  x = x.reshape((n, *blocks, -1))
+  w = jnp.pad(rhs, [(0, s * kk - k) for k, s, kk in zip(window, strides, taps)]
+              + [(0, 0), (0, 0)])
+  w = w.reshape(tuple(d for kk, s in zip(taps, strides) for d in (kk, s)) + (c_in, c_out))
+  w = w.transpose(tuple(range(0, 2 * nd, 2)) + tuple(range(1, 2 * nd, 2))
+                  + (2 * nd, 2 * nd + 1))
+  w = w.reshape((*taps, -1, c_out))
+  return conv_general_dilated(x, w, (1,) * nd, [(0, 0)] * nd,
+                              dimension_numbers=_channels_last(nd), precision=precision)
 
 
 def _stride1_conv(lhs, rhs, padding, precision):
@@ -154,9 +218,10 @@ def _conv_bwd(strides, padding, rhs_dilation, dn, precision, res, g):
                                rhs_dilation)
     return lax.conv_general_dilated(g, kernel, strides, pads, None, rhs_dilation, dn,
                                     precision=precision), grad_rhs
-  # A 3-D input of few channels (I3D's RGB clip) keeps JAX's rule: its phases
-  # are dozens of 2-D convolutions with 3 output channels, which measured 4x
-  # slower than the rule inside lax.scan.
+  # A 3-D input of few channels (I3D's RGB clip) reaches here only with
+  # space-to-depth off or a kernel shorter than the stride, and keeps JAX's
+  # rule: its phases are dozens of 2-D convolutions with 3 output channels,
+  # which measured 4x slower than the rule inside lax.scan.
   if len(strides) < 3 or lhs.shape[-1] >= 16:
     return _strided_input_grad(g, rhs, strides, padding, spatial_in, precision), grad_rhs
   return jax.vjp(lambda x: conv(x, rhs), lhs)[1](g)[0], grad_rhs
