@@ -198,7 +198,10 @@ def _check_map(frames: np.ndarray, attribution: np.ndarray) -> np.ndarray:
                      "(the clip's (T, H, W))")
   if not np.all(np.isfinite(m)):
     raise ValueError("attribution map contains NaN or infinite values")
-  return np.clip(m / max(float(m.max()), 1e-30), 0.0, 1.0)
+  # Scaled by its 99th percentile, not its maximum: a few hot pixels would
+  # otherwise leave the whole map (and the clip seen through it) nearly black.
+  scale = float(np.percentile(m, ATTRIBUTION_PERCENTILE))
+  return np.clip(m / max(scale if scale > 0 else float(m.max()), 1e-30), 0.0, 1.0)
 
 
 def attribution_rgba(clip: np.ndarray, attribution: np.ndarray, stream: str = "rgb",
@@ -212,7 +215,8 @@ def attribution_rgba(clip: np.ndarray, attribution: np.ndarray, stream: str = "r
     encoding: flow colouring, "rgb" (paper) or "hsv".
 
   Returns:
-    `(T, H, W, 4)` uint8; alpha = round(255 * map / max map), 0 where the map is 0.
+    `(T, H, W, 4)` uint8; alpha = round(255 * min(map / p99, 1)) with p99 the map's
+    99th percentile (its maximum if that is 0), 0 where the map is 0.
   """
   frames = stream_frames(stream, clip, encoding)
   alpha = np.round(_check_map(frames, attribution) * 255).astype(np.uint8)
@@ -220,6 +224,7 @@ def attribution_rgba(clip: np.ndarray, attribution: np.ndarray, stream: str = "r
 
 
 ATTRIBUTION_PANELS = ("clip", "seen through the map", "map")
+ATTRIBUTION_PERCENTILE = 99.0  # the map value shown fully opaque.
 
 
 def attribution_overlay(clip: np.ndarray, attribution: np.ndarray, stream: str = "rgb",
