@@ -3,6 +3,7 @@
 uses" section and the layer page's sort by motion index; bad insight configs refused
 before anything is written."""
 
+import importlib.util
 import json
 import os
 
@@ -18,6 +19,15 @@ from stviz_jax.result import Result
 SETTINGS = ["kappa1_gamma0", "kappa1_gamma10"]
 
 
+def _synthetic_config():
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      "synthetic_two_stream.py")
+  spec = importlib.util.spec_from_file_location("synthetic_two_stream_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def _config(**insight):
   c = default_config()
   c.model = "synthetic_two_stream"
@@ -28,10 +38,7 @@ def _config(**insight):
   c.targets = ml_collections.ConfigDict(dict(
       fusion=dict(layer="fusion", units="0,3", kind="channel"),
       classes=dict(layer="logits", units="red right;red left", kind="class_logit")))
-  # The synthetic net's clip distribution (configs/synthetic_two_stream.py).
-  c.data = ml_collections.ConfigDict(dict(
-      colours="red,green,blue", directions="0,90,180,270", speed=1.5, frames=5, size=32,
-      clutter=3, distractors=2, noise=0.03, direction_jitter=15.0, speed_jitter=0.3))
+  c.data = _synthetic_config().data  # the synthetic net's clip distribution.
   c.insight.update(dict(clips="synthetic", num_clips=24, top_k=3, accentuate="0"))
   c.insight.update(insight)
   return c
