@@ -144,6 +144,8 @@ def main(argv=None):
   if bad:
     raise SystemExit(f"error: unknown system(s) {sorted(bad)}; valid: {', '.join(SYSTEMS)}")
   threads = os.cpu_count() or 1
+  from speed_video import source_version  # pylint: disable=import-outside-toplevel
+  source = source_version()  # the commit measured: read before anything runs.
 
   config = job_config(args.frames, args.size, budgets[0])
   config.gammas = (args.gamma,)
@@ -217,8 +219,7 @@ def main(argv=None):
       if not args.all_budgets and all(r["units"][n]["passes"] for n in names):
         done.add(system)
 
-  from speed_video import source_version  # pylint: disable=import-outside-toplevel
-  machine = {"source": source_version(), "backend": jax.default_backend(), "machine": platform.machine(),
+  machine = {"source": source, "backend": jax.default_backend(), "machine": platform.machine(),
              "processor": platform.processor(), "threads": threads, "jax": jax.__version__,
              "load_average": [round(v, 2) for v in os.getloadavg()]}
   results = {}
