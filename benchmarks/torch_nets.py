@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stviz_jax.models import netgraph
+from stviz_jax.models import LOGITS, netgraph
 from stviz_jax.models.zoo import i3d as i3d_zoo
 
 FORMATS = ("contiguous", "channels_last")
@@ -328,14 +328,22 @@ class I3DTorch(_TwinBase):
 
   Args:
     model: an `i3d` zoo model (one tower, or two with `layer` 'rgb/...' / 'flow/...').
-    layer: an endpoint of `i3d.NETWORK`, e.g. 'Mixed_4f'.
+    layer: an endpoint of `i3d.NETWORK`, e.g. 'Mixed_4f', or the class scores
+      'logits' (one tower): `Mixed_5c` averaged over (2, 7, 7) windows clipped
+      to its size (stride 1, VALID), the 1x1x1 classifier, the mean over the
+      remaining positions, as `zoo/i3d.py`; `forward` then returns `(N, classes)`.
   """
 
   def __init__(self, model, layer: str):
     super().__init__()
     streams = list(model.spec.streams)
+    self.to_logits = layer == LOGITS
     stream, _, endpoint = layer.rpartition("/")
     stream = stream or streams[0]
+    if self.to_logits:
+      if len(streams) > 1:
+        raise ValueError("I3D layer 'logits': the PyTorch twin computes one tower's logits")
+      endpoint = i3d_zoo.ENDPOINTS[-1]
     if stream not in streams or (len(streams) > 1 and "/" not in layer):
       raise ValueError(f"I3D layer {layer!r}: name a tower as '<stream>/<endpoint>' with "
                        f"stream in {streams}")
@@ -364,10 +372,17 @@ class I3DTorch(_TwinBase):
       if name == endpoint:
         break
     self.blocks = torch.nn.Sequential(*blocks)
+    if self.to_logits:
+      self.window = tuple(min(w, n) for w, n in zip((2, 7, 7), shape))
+      head = params[i3d_zoo.LOGITS_SCOPE[0]][i3d_zoo.LOGITS_SCOPE[1]]["conv_3d"]
+      self.head = _make_conv(head["kernel"], head["bias"], (1, 1, 1), (0, 0, 0))
 
   def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
     x = inputs[self.stream].permute(0, 4, 1, 2, 3).contiguous(memory_format=self._fmt3d)
-    return self.blocks(x).permute(0, 2, 3, 4, 1)
+    x = self.blocks(x)
+    if self.to_logits:  # (N, C, T, H, W) -> (N, classes)
+      return self.head(F.avg_pool3d(x, self.window, stride=1)).mean((2, 3, 4))
+    return x.permute(0, 2, 3, 4, 1)
 
 
 def twin(model, layer: str) -> _TwinBase:
@@ -385,7 +400,10 @@ def max_relative_error(model, net: _TwinBase, layer: str, inputs: Mapping[str, n
                        ) -> float:
   """max |a_torch - a_flax| / max |a_flax| of `layer` on `inputs` (`{stream: (N, T, H, W, C)}`)."""
   import jax
-  apply = jax.jit(lambda v, x: model.apply(v, x)[1][layer])
+  if layer == LOGITS:
+    apply = jax.jit(lambda v, x: model.apply(v, x)[0])
+  else:
+    apply = jax.jit(lambda v, x: model.apply(v, x)[1][layer])
   want = np.asarray(apply(model.variables, {k: np.asarray(v) for k, v in inputs.items()}))
   with torch.no_grad():
     got = net({k: _tensor(v) for k, v in inputs.items()}).numpy()
