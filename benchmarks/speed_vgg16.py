@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import stviz_jax as sv
-from stviz_jax import sweep
+from stviz_jax import chunks
 
 from common import matmul_peak  # pylint: disable=wrong-import-order
 
@@ -175,7 +175,7 @@ def main():
   flops_per_unit_step = conv_gflop_per_unit_step(args.size) * 1e9
   executed_per_unit_step = conv_gflop_per_unit_step(
       args.size, 1 if vis.one_channel else None) * 1e9
-  jax_mem_per_unit = sweep.element_memory_bytes(vis)  # XLA's memory analysis of the step.
+  jax_mem_per_unit = chunks.element_memory_bytes(vis)  # XLA's memory analysis of the step.
 
   times = {"stviz_jax": [], "torch": []}
   for _ in range(args.repeats):

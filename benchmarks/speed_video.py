@@ -45,7 +45,7 @@ import jax
 import numpy as np
 
 import stviz_jax as sv
-from stviz_jax import sweep
+from stviz_jax import chunks
 from common import matmul_peak
 
 # net: (registry name, target layer, default frames, default size, factory arguments).
@@ -115,14 +115,14 @@ def main():
   t = time.perf_counter()
   vis.run(units, chunk_size=args.units, log_progress=False)
   compile_and_first_s = time.perf_counter() - t
-  mem_per_unit = sweep.element_memory_bytes(vis)  # XLA's memory analysis of the step.
+  mem_per_unit = chunks.element_memory_bytes(vis)  # XLA's memory analysis of the step.
   ablated = None
   if args.ablate:
     from stviz_jax.models import conv
     ablated = sv.Visualizer(model, layer, config)
     with getattr(conv, args.ablate)(False):  # the rewrites apply at trace time
       ablated.run(units, chunk_size=args.units, log_progress=False)
-      ablated_mem = sweep.element_memory_bytes(ablated)
+      ablated_mem = chunks.element_memory_bytes(ablated)
 
   out = {"benchmark": f"speed_video_{args.net}_{layer}", "dtype": args.dtype,
          "units": args.units, "steps": args.steps, "frames": frames, "size": size,

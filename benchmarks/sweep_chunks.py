@@ -14,7 +14,7 @@ import json
 import time
 
 import stviz_jax as sv
-from stviz_jax import sweep
+from stviz_jax import chunks, sweep
 from common import machine, vgg_style_model
 
 
@@ -32,7 +32,7 @@ def main():
     config.steps = args.steps
     config.chunk_size = chunk
     vis = sv.Visualizer(model, "conv3_3", config)
-    per_element = sweep.element_memory_bytes(vis)
+    per_element = chunks.element_memory_bytes(vis)
     t = time.perf_counter()
     sweep.run_sweep(vis, list(range(chunk)), [{}], config)  # compile + warm-up.
     compile_s = time.perf_counter() - t

@@ -26,7 +26,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0                      # unit u starts from fold_in(PRNGKey(seed), u).
   c.steps = 200                   # Adam steps per unit.
   # Units optimised together (vmapped). 0 = automatic per backend
-  # (sweep.auto_chunk_size): CPU 1 (a vmapped chunk measured 0.55x a loop for
+  # (chunks.auto_chunk_size): CPU 1 (a vmapped chunk measured 0.55x a loop for
   # VGG-16 on 2 cores, 1.04x for I3D); accelerators as many as fit half a
   # device's memory by XLA's memory analysis of one unit (32 if unknown).
   c.chunk_size = 0
@@ -230,7 +230,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _number("config.insight.num_clips", insight.get("num_clips", 96),
           "an integer >= 1 (natural clips drawn for the insight analyses)", 1, integer=True)
   _number("config.insight.top_k", insight.get("top_k", 8),
-          "an integer >= 1 (top natural clips per unit)", 1, integer=True)
+          "an integer >= 2 (top natural clips per unit; the sanity check compares them "
+          "with each other)", 2, integer=True)
   _number("config.insight.accentuate_weight", insight.get("accentuate_weight", 1.0),
           "a finite number >= 0 (the pull toward the seed clip)", 0)
   sweep = c.get("sweep", None) or {}

@@ -34,6 +34,7 @@ import numpy as np
 from stviz_jax.plan import a_hat_given, build_target
 from stviz_jax.result import Result
 from stviz_jax import ascent
+from stviz_jax import chunks
 from stviz_jax import config as config_lib
 from stviz_jax import objective as objective_lib
 from stviz_jax import param as param_lib
@@ -461,7 +462,7 @@ class Visualizer:
     """Optimises `units` in chunks of `chunk_size` (the last one padded; one compilation).
 
     `chunk_size` None or 0: `config.chunk_size`, and when that is 0 too the
-    backend's automatic chunk (`sweep.auto_chunk_size`: 1 on CPU, as many as
+    backend's automatic chunk (`chunks.auto_chunk_size`: 1 on CPU, as many as
     fit half an accelerator's memory).
     """
     units = np.asarray(units, np.int32).ravel()
@@ -470,9 +471,8 @@ class Visualizer:
     self.model.spec.check_units(self.layer, units)
     settings = self.settings(tv)
     chunk = int(chunk_size or self.config.chunk_size or 0)
-    if chunk <= 0:  # automatic, per backend (`sweep.auto_chunk_size`)
-      from stviz_jax import sweep  # sweep imports this module
-      chunk = sweep.plan_chunk_size(self, units.size, 1)
+    if chunk <= 0:  # automatic, per backend (`chunks.auto_chunk_size`)
+      chunk = chunks.plan_chunk_size(self, units.size, 1)
     chunk = min(chunk, units.size)
     n_chunks = -(-units.size // chunk)
     padded = np.concatenate([units, np.full(n_chunks * chunk - units.size, units[-1],

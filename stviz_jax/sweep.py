@@ -28,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from stviz_jax import chunks
 from stviz_jax import config as config_lib
 from stviz_jax import files
 from stviz_jax import progress as progress_lib
@@ -36,86 +37,9 @@ from stviz_jax.optimize import Visualizer
 from stviz_jax.plan import a_hat_given
 from stviz_jax.result import Result
 
-_FALLBACK_CHUNK = 32
-
-
 def host_units(units: Sequence[int]) -> list[int]:
   """The disjoint slice of `units` this process sweeps (all of them on one host)."""
   return list(units)[jax.process_index()::jax.process_count()]
-
-
-def element_memory_bytes(vis: Visualizer) -> int | None:
-  """Device memory one (unit, setting) element needs, from XLA's memory analysis."""
-  try:
-    mem = vis.lower_element().compile().memory_analysis()
-    if mem is None:
-      return None
-    # Temporaries and outputs (the per-element state) grow with the chunk; the
-    # weights are shared by all elements (and pruned to what the layer uses).
-    total = mem.temp_size_in_bytes + mem.output_size_in_bytes
-    return max(int(total), 1)
-  except Exception as e:  # memory analysis is best effort on some backends.
-    logging.warning("memory analysis unavailable (%s); chunk size %d", e, _FALLBACK_CHUNK)
-    return None
-
-
-# Share of an accelerator's memory the automatic chunk may fill (the weights,
-# XLA's workspace and fragmentation take the rest).
-AUTO_MEMORY_FRACTION = 0.5
-
-
-def auto_chunk_size(backend: str, n_devices: int = 1, per_element_bytes: int | None = None,
-                    device_bytes: int | None = None) -> int:
-  """The chunk when `config.chunk_size == 0` and no memory budget is given.
-
-  CPU: one element per device at a time. On the 2-core CPU a vmapped chunk
-  ran at 0.55x a loop of single units for VGG-16 and 1.04x (noise) for I3D
-  (`benchmarks/README.md`), and one element needs a chunk's memory only once.
-  Accelerators: vmapping is the point (the units fill the device), so as many
-  as fit `AUTO_MEMORY_FRACTION` of a device's memory by XLA's memory analysis
-  of one element, times the devices; `_FALLBACK_CHUNK` per device when
-  either figure is unknown.
-  """
-  if backend == "cpu":
-    return n_devices
-  if per_element_bytes and device_bytes:
-    return max(1, int(AUTO_MEMORY_FRACTION * device_bytes // per_element_bytes)) * n_devices
-  return _FALLBACK_CHUNK * n_devices
-
-
-def _device_bytes() -> int | None:
-  """Memory of the first device (`bytes_limit` of its memory stats), if it reports it."""
-  try:
-    stats = jax.devices()[0].memory_stats() or {}
-  except Exception:  # not every backend implements memory_stats.
-    return None
-  return stats.get("bytes_limit")
-
-
-def plan_chunk_size(vis: Visualizer, n_elements: int, n_devices: int,
-                    chunk_size: int = 0, memory_budget_gb: float = 0.0) -> int:
-  """Elements per chunk: given, the most that fit the memory budget per device,
-  or (neither given) `auto_chunk_size` for the backend.
-
-  The result is a multiple of `n_devices` and at most `n_elements` rounded up
-  to one.
-  """
-  if chunk_size <= 0:
-    per_element = element_memory_bytes(vis) if memory_budget_gb > 0 else None
-    if per_element:
-      chunk_size = max(1, int(memory_budget_gb * 2**30 // per_element)) * n_devices
-      logging.info("chunk size %d from %.2f GB per device / %.1f MB per element",
-                   chunk_size, memory_budget_gb, per_element / 2**20)
-    elif jax.default_backend() == "cpu":
-      chunk_size = auto_chunk_size("cpu", n_devices)
-    elif n_elements <= n_devices:
-      chunk_size = n_elements  # one element per device: no memory analysis needed
-    else:
-      chunk_size = auto_chunk_size(jax.default_backend(), n_devices,
-                                   element_memory_bytes(vis), _device_bytes())
-      logging.info("chunk size %d (automatic for %s)", chunk_size, jax.default_backend())
-  chunk_size = min(chunk_size, n_elements)
-  return -(-chunk_size // n_devices) * n_devices
 
 
 def _fingerprint(model_name, layer, units, settings, config) -> str:
@@ -228,7 +152,7 @@ def run_sweep(vis: Visualizer, units: Sequence[int],
   replicated = NamedSharding(mesh, P())
   full_config = config_lib.complete(config)  # the fingerprint keeps the config as given.
   sweep_cfg = full_config.sweep
-  chunk = plan_chunk_size(vis, len(elements), len(devices), int(config.chunk_size or 0),
+  chunk = chunks.plan_chunk_size(vis, len(elements), len(devices), int(config.chunk_size or 0),
                           float(sweep_cfg.memory_budget_gb))
   n_chunks = -(-len(elements) // chunk)
   padded = elements + [elements[-1]] * (n_chunks * chunk - len(elements))

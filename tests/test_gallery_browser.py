@@ -155,8 +155,10 @@ def test_unit_and_index_pages_load_all_media(browser, run_dir, tmp_path):
     browser.save_screenshot(str(tmp_path / (rel.replace("/", "_") + ".png")))
     _assert_loaded(state)
     if rel.startswith("gallery"):
-      # One row per setting: appearance image + flow video each, and the history plot.
-      assert len(state["vids"]) == 2
+      # One row per setting: appearance image + flow video each, the history plot, and
+      # per setting the flow's attribution overlay (config.insight.attribution).
+      assert len(state["vids"]) == 4
+      assert sum("_attribution_flow" in m["src"] for m in state["vids"]) == 2
       assert any(m["src"].endswith("unit_0002_history.png") for m in state["imgs"])
     else:
       assert any(m["src"].endswith("figure.gif") for m in state["imgs"])

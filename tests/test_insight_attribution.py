@@ -47,7 +47,7 @@ def _config(steps, attribution_on, **kw):
 def test_attribution_off_is_mains_optimisation_bit_for_bit_with_no_extra_output():
   ref = np.load(REFERENCE)  # main at ecbc45c: handbuilt 'motion' [0, 2], 12 steps, seed 3.
   # One vmapped chunk of both units, as main ran chunk_size=0 then (it is now one unit
-  # per call on CPU: sweep.auto_chunk_size; vmapped and single-unit programs differ in
+  # per call on CPU: chunks.auto_chunk_size; vmapped and single-unit programs differ in
   # the last bits).
   c = handbuilt.config(steps=12, chunk_size=2)
   c.insight = dict(attribution=False)

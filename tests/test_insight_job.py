@@ -131,6 +131,7 @@ def test_insight_off_writes_no_insight(tmp_path):
     (dict(accentuate="99"), r"out of range .* valid 0\.\.23"),
     (dict(accentuate="red"), "give clip indices like '0,5'"),
     (dict(clips="/no/such/clips.npz"), "no such file"),
+    (dict(top_k=1), r"config.insight.top_k must be an integer >= 2"),
 ])
 def test_bad_insight_config_is_refused_before_anything_is_written(tmp_path, fields, message):
   workdir = tmp_path / "run"

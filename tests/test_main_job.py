@@ -90,7 +90,8 @@ def test_two_targets_end_to_end(tmp_path):
   assert summary["targets"]["classes"]["kind"] == "class_logit"
   # gamma reached the flow stream's regulariser of each setting.
   assert [summary["layers"]["fusion"][s]["settings"]["flow"][1] for s in settings] == [0, 10]
-  assert "chunk 1/1" in res.stderr and "units/s" in res.stderr and "ETA" in res.stderr
+  # One element per chunk on CPU (chunks.auto_chunk_size): chunk 1/4 of 4 (unit, gamma) pairs.
+  assert "chunk 1/4" in res.stderr and "units/s" in res.stderr and "ETA" in res.stderr
   assert os.path.exists(os.path.join(workdir, "config.json"))
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import stviz_jax as sv
-from stviz_jax import sweep
+from stviz_jax import chunks, sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -49,28 +49,28 @@ def test_ragged_chunks_match_plain_run_and_compile_once(model, n_units, chunk):
 
 def test_chunk_size_from_memory_budget(model):
   vis = sv.Visualizer(model, "flow/conv2", _config())
-  per = sweep.element_memory_bytes(vis)
+  per = chunks.element_memory_bytes(vis)
   assert per is None or per > 0
   if per is not None:  # a budget of three elements per device, four devices.
-    assert sweep.plan_chunk_size(vis, 100, 4, 0, memory_budget_gb=3 * per / 2**30) == 12
-  assert sweep.plan_chunk_size(vis, 6, 4, chunk_size=3) == 4  # rounded to devices.
-  assert sweep.plan_chunk_size(vis, 10, 1, chunk_size=64) == 10  # capped at the count.
+    assert chunks.plan_chunk_size(vis, 100, 4, 0, memory_budget_gb=3 * per / 2**30) == 12
+  assert chunks.plan_chunk_size(vis, 6, 4, chunk_size=3) == 4  # rounded to devices.
+  assert chunks.plan_chunk_size(vis, 10, 1, chunk_size=64) == 10  # capped at the count.
   assert vis.trace_count == 0
 
 
 def test_automatic_chunk_size_per_backend(model):
   """chunk_size 0 without a budget: one element per device on CPU; on an
   accelerator as many as fit half its memory by the memory analysis."""
-  assert sweep.auto_chunk_size("cpu", 1) == 1
-  assert sweep.auto_chunk_size("cpu", 4, per_element_bytes=10, device_bytes=10**9) == 4
-  assert sweep.auto_chunk_size("gpu", 1, per_element_bytes=100 * 2**20,
+  assert chunks.auto_chunk_size("cpu", 1) == 1
+  assert chunks.auto_chunk_size("cpu", 4, per_element_bytes=10, device_bytes=10**9) == 4
+  assert chunks.auto_chunk_size("gpu", 1, per_element_bytes=100 * 2**20,
                                device_bytes=16 * 2**30) == 81  # 8 GiB / 100 MiB
-  assert sweep.auto_chunk_size("tpu", 2, per_element_bytes=2**30, device_bytes=2**30) == 2
-  assert sweep.auto_chunk_size("gpu", 2) == 2 * sweep._FALLBACK_CHUNK  # nothing known
+  assert chunks.auto_chunk_size("tpu", 2, per_element_bytes=2**30, device_bytes=2**30) == 2
+  assert chunks.auto_chunk_size("gpu", 2) == 2 * chunks.FALLBACK_CHUNK  # nothing known
   if jax.default_backend() == "cpu":
     vis = sv.Visualizer(model, "flow/conv2", _config())
-    assert sweep.plan_chunk_size(vis, 6, 4, chunk_size=0) == 4
-    assert sweep.plan_chunk_size(vis, 6, 1, chunk_size=0) == 1
+    assert chunks.plan_chunk_size(vis, 6, 4, chunk_size=0) == 4
+    assert chunks.plan_chunk_size(vis, 6, 1, chunk_size=0) == 1
     result = vis.run([0, 1, 2], log_progress=False)  # config.chunk_size 0: one at a time
     assert list(result.units) == [0, 1, 2] and vis.trace_count == 1
 

@@ -17,12 +17,16 @@ then serves). Pages:
   DIR/gallery/<layer>/index.html       a tile per unit: appearance image(s) and the
                                        flow video looping, a switch between
                                        regularisation settings (e.g. gamma), sorting
-                                       by unit or activation, layer plots, figure
+                                       by unit, activation or motion index, layer
+                                       plots (motion histograms), figure
   DIR/gallery/<layer>/unit_0003.html   one unit: every setting as a row (the paper's
                                        figure layout), objective/activation history,
                                        exact config and seed, raw-array downloads,
-                                       dataset statistics when given, and its K
-                                       diverse samples when the run made them
+                                       dataset statistics when given, its K
+                                       diverse samples when the run made them, and
+                                       what the unit uses (config.insight: motion
+                                       index, stream shares, sanity, attribution
+                                       overlays, accentuated clips)
   DIR/gallery/compare/class_0003_vs_0005.html
                                        two class units side by side (the paper's
                                        Figs. 13-15 confusion study): appearance and
