@@ -55,23 +55,22 @@ SPACE_TO_DEPTH_MAX_CHANNELS = 16
 
 
 @contextlib.contextmanager
+def _setting(var: contextvars.ContextVar, value):
+  token = var.set(value)
+  try:
+    yield
+  finally:
+    var.reset(token)
+
+
 def cpu_rewrites(active: bool = True):
   """Within this context (at trace time), `conv_general_dilated` applies the rewrites."""
-  token = _ACTIVE.set(active)
-  try:
-    yield
-  finally:
-    _ACTIVE.reset(token)
+  return _setting(_ACTIVE, active)
 
 
-@contextlib.contextmanager
 def space_to_depth(active: bool = True):
   """Within this context (at trace time), rewrite 3 (module docstring) is on or off."""
-  token = _SPACE_TO_DEPTH.set(active)
-  try:
-    yield
-  finally:
-    _SPACE_TO_DEPTH.reset(token)
+  return _setting(_SPACE_TO_DEPTH, active)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
