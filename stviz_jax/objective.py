@@ -252,8 +252,9 @@ def diversity(layer: str) -> Objective:
                    f"diversity({layer})", batch_fn)
 
 
-def _penalties(inputs, weights, tv):
-  """Sum over streams (and samples, if batched) of lambda_B R_B + lambda_TV R_TV."""
+def penalties(inputs, weights, tv=None):
+  """Sum over streams (and samples, if batched) of lambda_B R_B + lambda_TV R_TV: the
+  part of equation (1) `regularized` subtracts from the activation."""
   total = 0.0
   for stream, x in inputs.items():
     kappa, gamma = (tv or {}).get(stream, (None, None))
@@ -267,7 +268,7 @@ def _terms(apply, target_fn, target_layers, weights, variables, batch, inputs, u
   logits, feats = apply(variables, batch)
   acts = {l: (logits if l == LOGITS else feats[l]) for l in target_layers}
   activation = target_fn(acts, unit)
-  penalty = _penalties(inputs, weights, tv)
+  penalty = penalties(inputs, weights, tv)
   return {"activation": activation, "penalty": penalty, "objective": activation - penalty}
 
 

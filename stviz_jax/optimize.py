@@ -275,6 +275,12 @@ class Visualizer:
 
     return energy
 
+  def _unit_energy(self, variables, unit, tv) -> ascent.Energy:
+    """The energy of one unit's element (`_energy` of the regularised target; its
+    layer computes just that channel when the objective reads one)."""
+    only_channel = (self.layer, unit) if self.one_channel else None
+    return self._energy(self.terms, variables, unit, tv, only_channel)
+
   def _measure(self, variables, unit, tv) -> Callable:
     """The reported activation of a result: the target term of one input."""
 
@@ -293,9 +299,7 @@ class Visualizer:
     variables, units, tv = args
 
     def one(unit, tv, state):
-      only_channel = (self.layer, unit) if self.one_channel else None
-      energy = self._energy(self.terms, variables, unit, tv, only_channel)
-      return ascent.step(self.canvas, self.tx, energy, state, i)
+      return ascent.step(self.canvas, self.tx, self._unit_energy(variables, unit, tv), state, i)
 
     return jax.vmap(one)(units, tv, state)
 
@@ -317,17 +321,12 @@ class Visualizer:
     state, total = carry
 
     def one(unit, tv, state):
-      only_channel = (self.layer, unit) if self.one_channel else None
-      energy = self._energy(self.terms, variables, unit, tv, only_channel)
+      energy = self._unit_energy(variables, unit, tv)
       return ascent.step_attributed(self.canvas, self.tx, energy, state, i,
-                                    functools.partial(self._penalty, tv=tv))
+                                    lambda x: objective_lib.penalties(x, self.weights, tv))
 
     state, metrics, saliency = jax.vmap(one)(units, tv, state)
     return (state, jax.tree.map(jnp.add, total, saliency)), metrics
-
-  def _penalty(self, x, tv):
-    """The penalties `objective.regularized` subtracts (sum over streams), alone."""
-    return sum(regularizers.penalty(v, self.weights[s], *tv[s]) for s, v in x.items())
 
   def _finish_attributed(self, args, carry):
     state, total = carry
@@ -394,8 +393,7 @@ class Visualizer:
       state, theta_seed = carry
 
       def one(unit, tv, weight, state, theta_seed):
-        only_channel = (self.layer, unit) if self.one_channel else None
-        energy = self._energy(self.terms, variables, unit, tv, only_channel)
+        energy = self._unit_energy(variables, unit, tv)
         near = lambda theta: weight * ascent.distance(self.canvas, theta, theta_seed, eta)
         return ascent.step(self.canvas, self.tx, energy, state, i, theta_penalty=near)
 
@@ -453,7 +451,7 @@ class Visualizer:
       units, keys, tv = jax.device_put((units, keys, tv), sharding)
       variables = jax.device_put(variables, replicated)
     out = self.compiled_units(f"{self.layer}: {len(units)} unit(s)", variables, units, keys, tv)
-    _check_finite(out[2]["objective"], np.asarray(jax.device_get(units)))
+    check_finite(out[2]["objective"], np.asarray(jax.device_get(units)))
     return out
 
   def run(self, units: Sequence[int], seed: int = 0,
@@ -542,7 +540,7 @@ def run_diverse(vis: "Visualizer", unit: int, samples: int, seed: int = 0,
       f"{vis.layer}: unit {int(unit)} x {samples} samples", vis.model.variables,
       jnp.int32(unit), keys, tv_arr, jnp.float32(weight))
   obj = np.asarray(hist["objective"])[None]
-  _check_finite(obj, np.array([unit]))
+  check_finite(obj, np.array([unit]))
   return Result(layer=vis.layer, units=np.full(samples, unit, np.int32),
                 inputs={k: np.asarray(v) for k, v in x.items()},
                 activations=np.asarray(act),
@@ -552,14 +550,15 @@ def run_diverse(vis: "Visualizer", unit: int, samples: int, seed: int = 0,
                 seed=seed, settings=settings, class_names=vis.class_names)
 
 
-def _check_finite(obj_hist: np.ndarray, units: np.ndarray) -> None:
+def check_finite(obj_hist: np.ndarray, units: np.ndarray, what: str = "",
+                 check: str = "the model's weights") -> None:
+  """Raises one line naming the first unit and step whose objective `(U, steps)` is not finite."""
   bad = ~np.isfinite(obj_hist)
   if bad.any():
     row = int(np.argmax(bad.any(axis=1)))
     step = int(np.argmax(bad[row]))
-    raise FloatingPointError(f"non-finite objective for unit {int(units[row])} at "
-                             f"step {step}; lower optimizer.learning_rate or check "
-                             "the model's weights")
+    raise FloatingPointError(f"{what}non-finite objective for unit {int(units[row])} at "
+                             f"step {step}; lower optimizer.learning_rate or check {check}")
 
 
 def visualize(model: Model, layer: str, units: Sequence[int],

@@ -292,14 +292,23 @@ def robustness(model: Model, layer: str, inputs: Mapping[str, np.ndarray],
 
 def pooled_features(model: Model, inputs: Mapping[str, np.ndarray], layers: Sequence[str],
                     batch: int = 8) -> dict[str, np.ndarray]:
-  """`{layer: (N, C)}` features averaged over their space-time positions."""
+  """`{layer: (N, C)}` features averaged over their space-time positions.
+
+  Batches of `batch` clips, the last padded by repeating its final clip, so
+  every batch has one shape (one compilation).
+  """
   n = len(next(iter(inputs.values())))
+  size = max(1, min(int(batch), n))
   out = {l: [] for l in layers}
-  for i in range(0, n, batch):
-    feats = model.activations({s: jnp.asarray(v[i:i + batch]) for s, v in inputs.items()}, layers)
+  for i in range(0, n, size):
+    idx = np.minimum(np.arange(i, i + size), n - 1)
+    valid = min(size, n - i)
+    feats = model.activations({s: jnp.asarray(np.asarray(v)[idx]) for s, v in inputs.items()},
+                              layers)
     for l in layers:
       f = feats[l]
-      out[l].append(np.asarray(jnp.mean(f, axis=tuple(range(1, f.ndim - 1))) if f.ndim > 2 else f))
+      f = jnp.mean(f, axis=tuple(range(1, f.ndim - 1))) if f.ndim > 2 else f
+      out[l].append(np.asarray(f)[:valid])
   return {l: np.concatenate(v) for l, v in out.items()}
 
 

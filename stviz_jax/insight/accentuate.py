@@ -71,6 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stviz_jax import analysis
+from stviz_jax import optimize
 from stviz_jax.optimize import Visualizer
 from stviz_jax.plan import a_hat_given
 from stviz_jax.result import Result
@@ -176,12 +177,7 @@ def accentuate(vis: Visualizer, units: Sequence[int], seeds: Mapping[str, np.nda
   x, act, hist, before = vis.compiled_accentuation(
       f"{vis.layer}: accentuate {n} unit(s)", vis.model.variables, jnp.asarray(units),
       (keys, clips), tv_arr, jnp.asarray(weights))
-  bad = ~np.isfinite(np.asarray(hist["objective"]))
-  if bad.any():
-    row = int(np.argmax(bad.any(axis=1)))
-    raise FloatingPointError(f"accentuate: non-finite objective for unit {int(units[row])} "
-                             f"at step {int(np.argmax(bad[row]))}; lower "
-                             "optimizer.learning_rate or check the seed clip")
+  optimize.check_finite(np.asarray(hist["objective"]), units, "accentuate: ", "the seed clip")
   x = {s: np.asarray(v) for s, v in x.items()}
   distances = {s: np.asarray(jax.vmap(analysis.relative_distance)(x[s], clips[s]))
                for s in x}

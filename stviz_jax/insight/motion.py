@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stviz_jax import files
+from stviz_jax import files, quality
 from stviz_jax.models import LOGITS, StreamSpec
 
 ORIGINAL, STATIC, SHUFFLED = "original", "static", "shuffled"
@@ -228,14 +228,7 @@ def _check(model, layer: str, units, clips) -> tuple[np.ndarray, dict[str, np.nd
   units = np.asarray(units, np.int32).ravel()
   if units.size == 0:
     raise ValueError("no units given")
-  if layer == LOGITS:
-    n = len(model.labels) if model.labels else None
-    bad = [int(u) for u in units if u < 0 or (n is not None and u >= n)]
-    if bad:
-      raise ValueError(f"unit(s) {bad} out of range for layer 'logits'"
-                       + (f": valid units are 0..{n - 1}" if n else ""))
-  else:
-    model.spec.check_units(layer, units)
+  model.spec.check_units(layer, units)
   streams = model.spec.streams
   missing = sorted(set(streams) - set(clips))
   if missing:
@@ -314,14 +307,5 @@ def unit_activations(model, layer: str, units: Sequence[int],
                      clips: Mapping[str, np.ndarray], *, batch_size: int = 16) -> np.ndarray:
   """`(U, N)` each unit's activation a(x) on clips `{stream: (N, T, H, W, C)}`."""
   units, per_unit = _check(model, layer, units, clips)
-  fn = jax.jit(lambda variables, units, batch: _unit_activation(
-      model.apply, variables, layer, batch, units))
   shared = {s: x[0] for s, x in per_unit.items()}  # (N, T, H, W, C)
-  n = next(iter(shared.values())).shape[0]
-  size = max(1, min(int(batch_size), n))
-  parts = []
-  for start in range(0, n, size):
-    idx = np.minimum(np.arange(start, start + size), n - 1)
-    a = fn(model.variables, jnp.asarray(units), {s: x[idx] for s, x in shared.items()})
-    parts.append(np.asarray(a)[:min(size, n - start)])
-  return np.concatenate(parts, axis=0).T
+  return quality.pooled_features(model, shared, [layer], batch_size)[layer][:, units].T

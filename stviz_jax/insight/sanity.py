@@ -6,8 +6,8 @@ feature visualisation through a path no natural image takes, and propose to
 check the activation path. Here, for a unit c of layer L:
 
   1. the path of a clip x is its per-channel activation vector at every tap
-     before L (`activation_path`: each channel's mean over positions), in the
-     model's layer order (both streams' taps for a two-stream model);
+     before L (`quality.pooled_features`: each channel's mean over positions),
+     in the model's layer order (both streams' taps for a two-stream model);
   2. the unit's top natural clips n_1..n_k are the given natural clips on which
      c fires most (its activation: the channel's mean over positions);
   3. per layer l, rho_l(x, y) is Spearman's rank correlation of the two channel
@@ -27,7 +27,6 @@ API:
     report = check(model, layer, units, optimised, natural, top_k=8)
     report.to_json()   # {unit: {layers, correlation, natural, score, natural_score,
                        #         natural_min, flag, why, top_clips}}
-    activation_path(apply, variables, layers, inputs)      # pure
     spearman(a, b)                                         # pure, ties averaged
 """
 
@@ -40,21 +39,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stviz_jax import quality
 from stviz_jax.insight import motion
 from stviz_jax.models import LOGITS
 
 MARGIN = 0.05  # of Spearman's rho, below the least agreeing top clip.
-
-
-def activation_path(apply, variables, layers: Sequence[str],
-                    inputs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-  """`{layer: (N, C_l)}`: each channel's mean over positions, for a batch of inputs."""
-  logits, feats = apply(variables, dict(inputs))
-  out = {}
-  for layer in layers:
-    a = logits if layer == LOGITS else feats[layer]
-    out[layer] = a.reshape(a.shape[0], -1, a.shape[-1]).mean(1)
-  return out
 
 
 def average_ranks(x: jax.Array) -> jax.Array:
@@ -131,19 +120,6 @@ class SanityReport:
         for i, u in enumerate(self.units)}
 
 
-def _paths(model, layers, inputs: Mapping[str, np.ndarray], batch_size: int):
-  """`{layer: (N, C)}` for clips `{stream: (N, ...)}` in batches (one compilation)."""
-  fn = jax.jit(lambda variables, x: activation_path(model.apply, variables, layers, x))
-  n = next(iter(inputs.values())).shape[0]
-  size = max(1, min(int(batch_size), n))
-  parts = []
-  for start in range(0, n, size):
-    idx = np.minimum(np.arange(start, start + size), n - 1)
-    out = fn(model.variables, {s: x[idx] for s, x in inputs.items()})
-    parts.append({l: np.asarray(v)[:min(size, n - start)] for l, v in out.items()})
-  return {l: np.concatenate([p[l] for p in parts]) for l in layers}
-
-
 @jax.jit
 def _scores(opt: jax.Array, top: jax.Array):
   """opt `(L, C)`, top `(L, k, C)` of one unit and layer group -> per-layer means."""
@@ -185,8 +161,8 @@ def check(model, layer: str, units: Sequence[int], optimised: Mapping[str, np.nd
                        f"for every stream of {sorted(model.spec.streams)}")
   acts = motion.unit_activations(model, layer, units, natural, batch_size=batch_size)
   top = np.argsort(-acts, axis=1, kind="stable")[:, :k]               # (U, k)
-  nat = _paths(model, layers, natural, batch_size)
-  opt = _paths(model, layers, optimised, batch_size)
+  nat = quality.pooled_features(model, natural, layers, batch_size)
+  opt = quality.pooled_features(model, optimised, layers, batch_size)
   corr = np.zeros((units.size, len(layers)), np.float32)
   each = np.zeros((units.size, len(layers), k), np.float32)
   for g, l in enumerate(layers):
