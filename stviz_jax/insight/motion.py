@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stviz_jax import files, quality
+from stviz_jax import progress as progress_lib
 from stviz_jax.models import LOGITS, StreamSpec
 
 ORIGINAL, STATIC, SHUFFLED = "original", "static", "shuffled"
@@ -249,13 +250,26 @@ def _check(model, layer: str, units, clips) -> tuple[np.ndarray, dict[str, np.nd
   return units, out
 
 
-def _batches(clips: Mapping[str, np.ndarray], batch_size: int):
-  """Clip batches along N, the last padded by repeating its final clip (one shape)."""
-  n = next(iter(clips.values())).shape[1]
-  size = max(1, min(int(batch_size), n))
-  for start in range(0, n, size):
-    idx = np.minimum(np.arange(start, start + size), n - 1)
-    yield min(size, n - start), {s: x[:, idx] for s, x in clips.items()}
+def _batches(units: np.ndarray, clips: Mapping[str, np.ndarray], batch_size: int):
+  """(unit chunk, clip batch) pieces of about `batch_size` (unit, clip) pairs each.
+
+  Clips are batched along N (`min(batch_size, N)` at a time) and units in
+  chunks so that a piece holds at most `batch_size` pairs: a whole layer's
+  units never meet in one network call. The last chunk and batch are padded
+  by repeating their final element, so every piece has one shape (one
+  compilation). Yields `(b, rows, cols, units, clips)`: `rows` / `cols` the
+  slices of the (U, N) table the piece fills (its padding excluded), `b` the
+  clip batch's index (it keys the shuffles).
+  """
+  u, n = units.size, next(iter(clips.values())).shape[1]
+  cn = max(1, min(int(batch_size), n))
+  cu = max(1, min(int(batch_size) // cn, u))
+  for b, start in enumerate(range(0, n, cn)):
+    cidx = np.minimum(np.arange(start, start + cn), n - 1)
+    for ustart in range(0, u, cu):
+      uidx = np.minimum(np.arange(ustart, ustart + cu), u - 1)
+      yield (b, slice(ustart, min(ustart + cu, u)), slice(start, min(start + cn, n)),
+             units[uidx], {s: x[uidx][:, cidx] for s, x in clips.items()})
 
 
 def _compiled(model, layer: str):
@@ -264,19 +278,26 @@ def _compiled(model, layer: str):
       model.apply, variables, layer, units, clips, streams, key))
 
 
-def _run(model, layer, units, clips, seed: int, batch_size: int):
-  """`{variant: (U, N)}` over batches of clips, through one compilation."""
+def _run(model, layer, units, clips, seed: int, batch_size: int, progress: bool):
+  """`{variant: (U, N)}` over pieces of (unit, clip) pairs, through one compilation."""
   fn = _compiled(model, layer)
   key = jax.random.PRNGKey(seed)
-  parts = []
-  for b, (valid, batch) in enumerate(_batches(clips, batch_size)):
-    acts = fn(model.variables, jnp.asarray(units), batch, jax.random.fold_in(key, b))
-    parts.append({k: np.asarray(v)[:, :valid] for k, v in acts.items()})
-  return {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
+  n = next(iter(clips.values())).shape[1]
+  out = {name: np.zeros((units.size, n), np.float32)
+         for name in variant_names(model.spec.streams)}
+  with progress_lib.Bar(f"{layer}: motion", units.size * n, "clip", progress,
+                        noun="(unit, clip) pairs") as bar:
+    for b, rows, cols, piece_units, piece in _batches(units, clips, batch_size):
+      acts = fn(model.variables, jnp.asarray(piece_units), piece, jax.random.fold_in(key, b))
+      nu, nc = rows.stop - rows.start, cols.stop - cols.start
+      for name, v in acts.items():
+        out[name][rows, cols] = np.asarray(v)[:nu, :nc]
+      bar.update(nu * nc, log=False)
+  return out
 
 
 def sensitivity(model, layer: str, units: Sequence[int], clips: Mapping[str, np.ndarray],
-                *, seed: int = 0, batch_size: int = 8) -> MotionTable:
+                *, seed: int = 0, batch_size: int = 8, progress: bool = True) -> MotionTable:
   """The motion sensitivity of `units` of `layer` on their clips (module docstring).
 
   Args:
@@ -286,13 +307,15 @@ def sensitivity(model, layer: str, units: Sequence[int], clips: Mapping[str, np.
     clips: `{stream: (U, N, T, H, W, C)}` per unit, or `(N, T, H, W, C)` for all,
       in model input units.
     seed: the shuffles' seed.
-    batch_size: clips per network call (each becomes U x variants inputs).
+    batch_size: (unit, clip) pairs per network call (each pair becomes one input
+      per variant), so memory is bounded for a whole layer.
+    progress: a progress bar over the pairs (`stviz_jax.progress.Bar`).
 
   Returns:
     A `MotionTable`: activations and measures averaged over each unit's clips.
   """
   units, clips = _check(model, layer, units, clips)
-  acts = _run(model, layer, units, clips, seed, batch_size)
+  acts = _run(model, layer, units, clips, seed, batch_size, progress)
   idx = {k: np.asarray(v) for k, v in indices(acts, model.spec.streams).items()}
   with warnings.catch_warnings():
     # 'Mean of empty slice' for a unit firing on none of its clips: NaN says so.

@@ -91,7 +91,8 @@ def top_clips(vis, units, natural: clips_lib.NaturalClips, k: int) -> np.ndarray
 def _motion(vis, result: Result, config, out_dir: str) -> dict:
   table = motion_lib.sensitivity(vis.model, vis.layer, result.units,
                                  {s: x[:, None] for s, x in result.inputs.items()},
-                                 seed=int(config.insight.seed))
+                                 seed=int(config.insight.seed),
+                                 progress=bool(config.progress_bar))
   table.write_csv(os.path.join(out_dir, layout.MOTION_TABLE_FILE))
   shares = ({s: table.measures[f"share_{s}"] for s in table.streams if s != "rgb"}
             if len(table.streams) > 1 else None)
@@ -153,7 +154,7 @@ def assess(vis, result: Result, config, insight_plan: Plan, out_dir: str) -> dic
       top = top_clips(vis, result.units, natural, int(ins.top_k))
     table = motion_lib.sensitivity(vis.model, vis.layer, result.units,
                                    {s: v[top] for s, v in natural.inputs.items()},
-                                   seed=int(ins.seed))
+                                   seed=int(ins.seed), progress=bool(config.progress_bar))
     block["motion_top_clips"] = {
         u: dict(m, top_clips=[natural.names[j] for j in top[i]])
         for i, (u, m) in enumerate(table.to_json().items())}
