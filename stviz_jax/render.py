@@ -259,10 +259,15 @@ def attribution_overlay(clip: np.ndarray, attribution: np.ndarray, stream: str =
   heated = 0.35 * grey + 0.65 * hot
   factor = display_scale(frames.shape[1], target_size)
   panels = [upscale(np.round(p).astype(np.uint8), factor) for p in (frames, seen, heated)]
-  out = np.stack([_side_by_side([p[t] for p in panels], gap) for t in range(len(frames))])
+  return _panels(panels, ATTRIBUTION_PANELS if labels else None, gap)
+
+
+def _panels(panels: Sequence[np.ndarray], labels: Sequence[str] | None,
+            gap: int) -> np.ndarray:
+  """`(T, H, W_i, 3)` clips left to right per frame, under a strip naming each (`labels`)."""
+  out = np.stack([_side_by_side([p[t] for p in panels], gap) for t in range(len(panels[0]))])
   if labels:
-    width = panels[0].shape[2]
-    strip = _label_strip(ATTRIBUTION_PANELS, [width] * 3, 16, gap)[:, gap:-gap]
+    strip = _label_strip(labels, [p.shape[2] for p in panels], 16, gap)[:, gap:-gap]
     out = np.concatenate([np.broadcast_to(strip, (len(out),) + strip.shape), out], axis=1)
   return np.ascontiguousarray(out)
 
@@ -290,10 +295,7 @@ def clips_side_by_side(clips: Sequence[np.ndarray], stream: str, labels: Sequenc
                          encoding)
   factor = display_scale(joined.shape[1], target_size)
   panels = [upscale(p, factor) for p in np.split(joined, len(clips), axis=2)]
-  out = np.stack([_side_by_side([p[t] for p in panels], gap) for t in range(len(joined))])
-  strip = _label_strip(labels, [panels[0].shape[2]] * len(panels), 16, gap)[:, gap:-gap]
-  return np.ascontiguousarray(
-      np.concatenate([np.broadcast_to(strip, (len(out),) + strip.shape), out], axis=1))
+  return _panels(panels, labels, gap)
 
 
 # --- files ---------------------------------------------------------------------

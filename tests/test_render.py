@@ -241,3 +241,18 @@ def test_labelled_grid_has_row_and_column_labels():
   # Each label sits over its own column / beside its own row.
   assert (top[:, 2:62] < 100).any() and (top[:, 64:124] < 100).any()
   assert (left[2:42] < 100).any() and (left[44:84] < 100).any()
+
+
+def test_clips_side_by_side_share_one_colour_scale():
+  """A flow and the same flow doubled look alike coloured alone (min-max per video), but
+  not side by side: there one colour means one motion in both."""
+  rng = np.random.default_rng(0)
+  flow = rng.normal(size=(3, 8, 8, 2)).astype(np.float32)
+  alone = [render.stream_frames("flow", f) for f in (flow, 2 * flow)]
+  np.testing.assert_array_equal(alone[0], alone[1])
+  frames = render.clips_side_by_side([flow, 2 * flow], "flow", ("seed", "accentuated"),
+                                     target_size=8, gap=2)
+  assert frames.shape == (3, 16 + 8, 8 + 2 + 8, 3) and frames.dtype == np.uint8
+  left, right = frames[:, 16:, :8], frames[:, 16:, 10:]
+  assert np.abs(left.astype(int) - right.astype(int)).max() > 20
+  np.testing.assert_array_equal(frames[:, 16:, 8:10], 255)  # the white gap.
