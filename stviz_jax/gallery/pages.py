@@ -120,7 +120,7 @@ def layer_page(workdir: str, layer: LayerRuns, page_dir: str, encodings: Sequenc
             if r.index(u) is not None}
     quality_text = {r.name: _quality_html(summary, layer, u, r.name) for r in layer.runs
                     if r.index(u) is not None}
-    motion = {r.name: motion_index_of(summary, layer, u, r.name) for r in layer.runs
+    motion = {r.name: _motion_index_of(summary, layer, u, r.name) for r in layer.runs
               if r.index(u) is not None}
     motion = {k: v for k, v in motion.items() if v is not None}
     holder = next(r for r in layer.runs if r.index(u) is not None)
@@ -431,7 +431,7 @@ def _insight(summary: Mapping, layer: LayerRuns, setting: str) -> dict:
   return _summary_entry(summary, layer, setting).get("insight") or {}
 
 
-def motion_index_of(summary: Mapping, layer: LayerRuns, unit: int, setting: str):
+def _motion_index_of(summary: Mapping, layer: LayerRuns, unit: int, setting: str):
   """The unit's motion index on its optimised clip (None when not measured)."""
   return ((_insight(summary, layer, setting).get("motion") or {}).get(str(unit)) or {}).get(
       "motion_index")
