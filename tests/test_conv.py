@@ -124,6 +124,20 @@ def test_space_to_depth_switch_keeps_jax_rule():
   _rewritten_and_jax_gradients(x[:1], w, 2, "SAME", 1)
 
 
+@pytest.mark.parametrize("nd,stride", [(2, 1), (3, 1), (2, 2)])
+def test_batch_in_pieces_equals_jax(monkeypatch, nd, stride):
+  """Rewrite 4: a batch whose outputs exceed PIECE_BYTES runs as several
+  convolutions of a few images each (forward and input gradient), with
+  JAX's values and gradients; a small batch stays one call."""
+  x, w = _random_conv(3, (4, 9, 10), nd, 3, 5)
+  x = jnp.concatenate([x, 2 * x, -x], axis=0)  # batch 6
+  monkeypatch.setattr(conv, "PIECE_BYTES", 1)  # one image a piece
+  jaxpr = _rewritten_and_jax_gradients(x, w, stride, "SAME", 1)
+  assert "concatenate" in jaxpr
+  monkeypatch.setattr(conv, "PIECE_BYTES", 2**30)
+  assert "concatenate" not in _rewritten_and_jax_gradients(x, w, stride, "SAME", 1)
+
+
 def test_dilated_strided_and_grouped_keep_jax_rule():
   x = jnp.ones((1, 9, 9, 4))
   with conv.cpu_rewrites():

@@ -1,6 +1,6 @@
 """Convolutions rewritten into the forms XLA:CPU runs fast.
 
-Three rewrites, active only inside `cpu_rewrites()` (the `Visualizer` enters it
+Four rewrites, active only inside `cpu_rewrites()` (the `Visualizer` enters it
 around its steps on CPU):
 
 1. The input gradient as a forward convolution. JAX differentiates
@@ -26,6 +26,10 @@ around its steps on CPU):
    takes rewrites 1 and 2 (kernels at least as long as the stride; shorter
    ones would multiply zeros). Its input gradient is then forward 2-D
    convolutions plus a reshape, instead of JAX's input-dilated rule.
+4. Batches in pieces: each of these convolutions (forward and input gradient)
+   runs over slices of its batch whose outputs have about `PIECE_BYTES`,
+   concatenated: the library kernels lose 2-2.5x once one call's output
+   outgrows the caches.
 
 Because `jax.custom_vjp` has no forward mode, the rewrites stay inside the
 context; outside it `conv_general_dilated` is exactly
@@ -52,6 +56,12 @@ _SPACE_TO_DEPTH = contextvars.ContextVar("stviz_space_to_depth", default=True)
 # Strided 3-D convolutions with fewer input channels than this take rewrite 3
 # (more channels: the phases of `_strided_input_grad` are fast already).
 SPACE_TO_DEPTH_MAX_CHANNELS = 16
+# Rewrite 4: a convolution runs over pieces of the batch whose outputs have
+# about this many bytes. XLA:CPU's library convolutions slow down 2-2.5x per
+# image once an output outgrows the caches (I3D's stem, 32 frames of
+# 56 x 56 x 64: 86 ms in one call, 35 ms as 32 calls of one frame; the whole
+# I3D step of `benchmarks/speed_video.py` 1.37x faster with 1 MiB pieces).
+PIECE_BYTES = 2**20
 
 
 @contextlib.contextmanager
@@ -164,8 +174,7 @@ def _stride1_conv(lhs, rhs, padding, precision):
   nd = lhs.ndim - 2
   if nd == 3 and rhs.shape[0] > 1:
     return _conv3d_as_2d(lhs, rhs, padding, (1, 1, 1), precision)
-  return lax.conv_general_dilated(lhs, rhs, (1,) * nd, padding, None, None,
-                                  _channels_last(nd), precision=precision)
+  return _in_pieces(lhs, rhs, (1,) * nd, padding, (1,) * nd, _channels_last(nd), precision)
 
 
 def _conv3d_as_2d(lhs, rhs, padding, rhs_dilation, precision):
@@ -191,10 +200,24 @@ def _conv3d_as_2d(lhs, rhs, padding, rhs_dilation, precision):
   return out.reshape((n, t_out) + out.shape[1:])
 
 
+def _in_pieces(lhs, rhs, strides, padding, rhs_dilation, dn, precision):
+  """`lax.conv_general_dilated` (no input dilation, one group) over pieces of
+  the batch whose outputs have about `PIECE_BYTES` (rewrite 4)."""
+  conv = lambda x: lax.conv_general_dilated(x, rhs, strides, padding, None, rhs_dilation,
+                                            dn, precision=precision)
+  axis, n = dn.lhs_spec[0], lhs.shape[dn.lhs_spec[0]]
+  out = jax.eval_shape(conv, lax.slice_in_dim(lhs, 0, 1, axis=axis))
+  per_image = out.size * out.dtype.itemsize
+  piece = max(1, PIECE_BYTES // max(per_image, 1))
+  if piece >= n:
+    return conv(lhs)
+  return jnp.concatenate([conv(lax.slice_in_dim(lhs, i, min(i + piece, n), axis=axis))
+                          for i in range(0, n, piece)], axis=dn.out_spec[0])
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
 def _conv(lhs, rhs, strides, padding, rhs_dilation, dn, precision):
-  return lax.conv_general_dilated(lhs, rhs, strides, padding, None, rhs_dilation, dn,
-                                  precision=precision)
+  return _in_pieces(lhs, rhs, strides, padding, rhs_dilation, dn, precision)
 
 
 def _conv_fwd(lhs, rhs, strides, padding, rhs_dilation, dn, precision):
@@ -215,8 +238,7 @@ def _conv_bwd(strides, padding, rhs_dilation, dn, precision, res, g):
     spatial_out = [g.shape[i] for i in dn.out_spec[2:]]
     pads = _input_grad_padding(spatial_in, window, strides, spatial_out, padding,
                                rhs_dilation)
-    return lax.conv_general_dilated(g, kernel, strides, pads, None, rhs_dilation, dn,
-                                    precision=precision), grad_rhs
+    return _in_pieces(g, kernel, strides, pads, rhs_dilation, dn, precision), grad_rhs
   # A 3-D input of few channels (I3D's RGB clip) reaches here only with
   # space-to-depth off or a kernel shorter than the stride, and keeps JAX's
   # rule: its phases are dozens of 2-D convolutions with 3 output channels,
