@@ -208,7 +208,7 @@ def _in_pieces(lhs, rhs, strides, padding, rhs_dilation, dn, precision):
   axis, n = dn.lhs_spec[0], lhs.shape[dn.lhs_spec[0]]
   out = jax.eval_shape(conv, lax.slice_in_dim(lhs, 0, 1, axis=axis))
   per_image = out.size * out.dtype.itemsize
-  piece = max(1, PIECE_BYTES // max(per_image, 1))
+  piece = max(1, PIECE_BYTES // max(per_image, 1))  # an empty output: one call
   if piece >= n:
     return conv(lhs)
   return jnp.concatenate([conv(lax.slice_in_dim(lhs, i, min(i + piece, n), axis=axis))
