@@ -1,7 +1,8 @@
-r"""Cost of in-loop progress: the same chunk with and without the per-step callback.
+r"""Cost of progress reports: the same chunk with progress on and off.
 
-`config.progress_every > 0` adds one `jax.debug.callback` per step to the
-compiled loop (`stviz_jax.progress`). This times `Visualizer.run_chunk` both
+With `config.progress_every > 0` the host logs as each compiled call of
+`optimize.STEPS_PER_CALL` steps completes (`stviz_jax.progress`; the program
+is the same either way). This times `Visualizer.run_chunk` both
 ways on one model, alternating over `--repeats` rounds after a warm-up, and
 prints one JSON line with the median seconds per step of each and their ratio.
 

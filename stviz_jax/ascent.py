@@ -160,13 +160,27 @@ class Canvas:
     return self.fit(self.pixels(theta))
 
 
-def optimizer(opt: ml_collections.ConfigDict, steps: int) -> optax.GradientTransformation:
-  """Adam with `opt.learning_rate` decaying to `opt.final_fraction` of it over `steps`."""
+def optimizer(opt: ml_collections.ConfigDict, steps) -> optax.GradientTransformation:
+  """Adam with `opt.learning_rate` decaying to `opt.final_fraction` of it over `steps`.
+
+  `steps` may be traced (a jitted optimisation whose budget is an argument,
+  so one compilation serves every budget); the schedules are optax's
+  formulas written for that (optax's constructors need a Python count):
+
+    cosine       lr ((1 - end) (1 + cos(pi min(n, steps) / steps)) / 2 + end)
+    exponential  lr end^(n / steps)
+    constant     lr
+  """
   lr, end = opt.learning_rate, opt.final_fraction
   if opt.schedule == "cosine":
-    schedule = optax.cosine_decay_schedule(lr, max(steps, 1), alpha=end)
+    def schedule(count):
+      total = jnp.maximum(jnp.asarray(steps, jnp.float32), 1.0)
+      count = jnp.minimum(count, total)
+      return lr * ((1 - end) * (0.5 * (1 + jnp.cos(jnp.pi * count / total))) + end)
   elif opt.schedule == "exponential":
-    schedule = optax.exponential_decay(lr, max(steps, 1), decay_rate=end)
+    def schedule(count):
+      total = jnp.maximum(jnp.asarray(steps, jnp.float32), 1.0)
+      return jnp.where(count <= 0, lr, lr * jnp.power(end, count / total))
   elif opt.schedule == "constant":
     schedule = optax.constant_schedule(lr)
   else:

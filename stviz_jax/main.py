@@ -9,11 +9,15 @@ import logging as std_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from stviz_jax import cli, job
+from stviz_jax import cli, compile_cache, job
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory receiving all outputs.")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache", compile_cache.default_dir(),
+    "Directory of XLA's persistent compilation cache, so reruns load their compiled "
+    "programs instead of compiling them ('' = off).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -31,6 +35,9 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # Bad input (unknown layer, unit, class, file) is one clear line, not a
   # traceback: stviz_jax.cli turns what this raises into it.
+  cache = compile_cache.enable(_CACHE.value)
+  if cache:
+    logging.info("compilation cache: %s", cache)
   job.run(_CONFIG.value, _WORKDIR.value)
 
 

@@ -11,8 +11,9 @@ functions' arguments and compiles them once:
 * `Visualizer.run_diverse`: K samples of one unit coupled by Lucid's
   Gram-matrix diversity, the same step on a batched canvas.
 
-Both run as `lax.scan` over the steps or, opt-in, a host loop over one
-compiled step (`Visualizer.loop`), through one `Compiled`. Beyond the paper,
+Both run as calls of `STEPS_PER_CALL` steps (`lax.scan`, the step budget
+traced, so no compilation depends on `config.steps`) or, opt-in, a host loop
+over one compiled step (`Visualizer.loop`), through one `Compiled`. Beyond the paper,
 `config.param` chooses what is optimised (`stviz_jax.param`, e.g. a 3-D 1/f
 Fourier spectrum, decorrelated colour or MACO's phase) and
 `config.transforms` the per-step transforms (`stviz_jax.transforms`; the
@@ -30,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from stviz_jax.plan import a_hat_given, build_target
 from stviz_jax.result import Result
@@ -88,68 +90,106 @@ def with_compute_dtype(apply, dtype: str):
   return apply_in_dtype
 
 
+# Steps per compiled call. The optimisation runs as calls of this many steps
+# (the budget and the step offset traced, steps past the budget skipped by a
+# `lax.cond`), so its compiled program does not depend on `config.steps`: a
+# rerun with another budget reuses it (in this process, or from the persistent
+# compilation cache, `stviz_jax.compile_cache`), where a budget-long scan
+# recompiled (I3D: ~9 of the 17 s a 20-step run took). Skipped steps cost
+# nothing; the host loop dispatches the calls without waiting between them.
+STEPS_PER_CALL = 10
+
+
 class Compiled:
-  """One optimisation compiled once: `lax.scan` over its steps (`run`) or a host
-  loop over one compiled step (`host_loop`), chosen by `Visualizer.loop`.
+  """One optimisation compiled once, for any number of steps: calls of
+  `STEPS_PER_CALL` steps (`lax.scan`, `segment`) or, under `loop='host'`, one
+  compiled step per call, chosen by `Visualizer.loop`; `run` is the host loop.
 
   It is given, for traced arguments `args = (variables, units, tv, *extra)`,
   `start(keys) -> state` (`keys`: any pytree, e.g. keys and seed clips),
-  `step(args, state, i) -> (state, ascent.Metrics)` and
+  `step(args, state, i, tx) -> (state, ascent.Metrics)` (`tx`: the optimiser,
+  its schedule over the traced budget; the metrics float32, `(n,)` for the n
+  elements along the state's leading axis when `steps_axis` is 1, else
+  scalars) and
   `finish(args, state) -> (inputs, activation, *more)`. Calls return
   `(inputs, activation, history, *more)`, the history's steps along
   `steps_axis` (`more`: e.g. the attribution maps).
-  Every trace adds one to the Visualizer's `trace_count`.
+  Every trace of the steps adds one to the Visualizer's `trace_count`.
   """
 
   def __init__(self, vis: "Visualizer", start: Callable, step: Callable, finish: Callable,
                steps_axis: int):
     self.vis, self.start, self.step, self.finish = vis, start, step, finish
     self.steps_axis = steps_axis
-    self.run = jax.jit(self.scan)
     self.start_j = jax.jit(start)
+    self.segment_j = jax.jit(self.segment, donate_argnums=(1,))
     self.step_j = jax.jit(self._traced_step, donate_argnums=(1,))
     self.finish_j = jax.jit(finish)
 
-  def _history(self, metrics: ascent.Metrics) -> dict[str, jax.Array]:
-    return {k: jnp.moveaxis(v, 0, self.steps_axis) for k, v in metrics._asdict().items()}
+  def segment(self, args, state, first, total):
+    """Steps `first .. first + STEPS_PER_CALL - 1` of a `total`-step optimisation,
+    traced (`lax.scan`; steps from `total` on leave the state as it is).
 
-  def scan(self, variables, units, keys, tv, *extra):
-    """The whole optimisation, traced: `lax.scan` over the steps (one place to report progress)."""
+    Returns the state and the steps' metrics, stacked (zeros where skipped).
+    """
     self.vis.trace_count += 1  # runs only while tracing.
-    args = (variables, units, tv, *extra)
+    tx = self.vis.optimizer(total)
+    # The zeros of a skipped step's metrics, known without tracing the step
+    # twice: float32 per element (the state's leading axis) when the history
+    # is per element (steps_axis 1), else one scalar per step.
+    shape = (jax.tree.leaves(state)[0].shape[0],) if self.steps_axis == 1 else ()
+    skipped = ascent.Metrics(*(jnp.zeros(shape, jnp.float32) for _ in ascent.Metrics._fields))
 
-    def body(state, i):
-      self.vis.progress.in_loop(i)
-      return self.step(args, state, i)
+    def body(state, j):
+      i = first + j
+      return jax.lax.cond(i < total, lambda state: self.step(args, state, i, tx),
+                          lambda state: (state, skipped), state)
 
-    state, metrics = jax.lax.scan(body, self.start(keys), jnp.arange(self.vis.config.steps))
-    x, activation, *more = self.finish(args, state)
-    return (x, activation, self._history(metrics), *more)
+    return jax.lax.scan(body, state, jnp.arange(STEPS_PER_CALL, dtype=jnp.int32))
 
-  def _traced_step(self, args, state, i):
+  def _traced_step(self, args, state, i, total):
     self.vis.trace_count += 1  # runs only while tracing.
-    return self.step(args, state, i)
+    return self.step(args, state, i, self.vis.optimizer(total))
 
-  def host_loop(self, variables, units, keys, tv, *extra):
-    """The steps as a host loop over one compiled step (see `Visualizer.loop`)."""
-    args = (variables, units, tv, *extra)
-    state = self.start_j(keys)
-    metrics = []
-    for i in range(self.vis.config.steps):
-      self.vis.progress.tick(i)
-      state, m = self.step_j(args, state, np.int32(i))
+  def _history(self, metrics, steps: int) -> dict[str, jax.Array]:
+    """Per-step metrics `(steps, ...)` -> `{name: array}` with steps on `steps_axis`."""
+    return {k: jnp.moveaxis(v[:steps], 0, self.steps_axis) for k, v in metrics._asdict().items()}
+
+  def run(self, variables, units, keys, tv, *extra):
+    """The whole optimisation of `config.steps` steps (device arrays).
+
+    Call k + 1 is dispatched before the host waits for call k to report
+    progress, so the device is never idle.
+    """
+    steps, progress = int(self.vis.config.steps), self.vis.progress
+    # On the device once, not once per call (arrays already placed stay put).
+    args = jax.device_put((variables, units, tv, *extra))
+    state, metrics = self.start_j(keys), []
+    total = np.int32(steps)
+    host = self.vis.loop == "host"
+    stride = 1 if host else STEPS_PER_CALL
+    for first in range(0, steps, stride):
+      if host:
+        state, m = self.step_j(args, state, np.int32(first), total)
+        m = jax.tree.map(lambda a: a[None], m)
+      else:
+        state, m = self.segment_j(args, state, np.int32(first), total)
+      if metrics:
+        jax.block_until_ready(metrics[-1])
+      progress.tick(first)  # first = 0: launched, so compiled.
       metrics.append(m)
     x, activation, *more = self.finish_j(args, state)
-    return (x, activation, self._history(jax.tree.map(lambda *m: jnp.stack(m), *metrics)),
-            *more)
+    jax.block_until_ready(metrics[-1])
+    progress.tick(steps)
+    history = jax.tree.map(lambda *m: jnp.concatenate(m), *metrics)
+    return (x, activation, self._history(history, steps), *more)
 
   def __call__(self, label: str, variables, units, keys, tv, *extra):
     """Runs on the host, with progress under `label`; returns numpy arrays."""
     vis = self.vis
     vis.progress.start(label, vis.config.steps)
     try:
-      run = self.run if vis.loop == "scan" else self.host_loop
-      return jax.device_get(run(variables, units, keys, tv, *extra))
+      return jax.device_get(self.run(variables, units, keys, tv, *extra))
     finally:
       vis.last_timing = vis.progress.finish()
 
@@ -200,7 +240,9 @@ class Visualizer:
         bounds={s: w.bound for s, w in self.weights.items()},
         sizes={s: (spec.height, spec.width) for s, spec in self.streams.items()},
         transform=transform, init_rms=init_rms)
-    self.tx = ascent.optimizer(config.optimizer, config.steps)
+    # The optimiser's state has the same structure for any budget; `optimizer`
+    # gives it with its schedule over a (traced) budget.
+    self.tx = self.optimizer(config.steps)
     self.apply = with_compute_dtype(model.apply, config.compute_dtype)
     self.terms = objective_lib.regularized(self.apply, self.target, self.weights)
     self.attribution = bool(config.insight.attribution)
@@ -216,6 +258,10 @@ class Visualizer:
                                      self._finish_units, steps_axis=1)
     self.loop  # validates config.loop early.
 
+  def optimizer(self, steps) -> optax.GradientTransformation:
+    """`config.optimizer` with its schedule over `steps` (may be traced)."""
+    return ascent.optimizer(self.config.optimizer, steps)
+
   @property
   def class_names(self) -> tuple[str, ...] | None:
     """The model's class names when the layer is the logits (labels results)."""
@@ -225,8 +271,9 @@ class Visualizer:
     return {s: (w.kappa, w.gamma) for s, w in self.weights.items()}
 
   def lower_element(self):
-    """The lowered computation one (unit, setting) element runs: the whole
-    optimisation of a chunk of one under `loop='scan'`, the step under 'host'.
+    """The lowered computation one (unit, setting) element runs: one call of
+    `STEPS_PER_CALL` steps of a chunk of one under `loop='scan'`, the step
+    under 'host'.
 
     For planning (XLA's memory analysis of `.compile()`): it does not count as
     a compilation of a run (`trace_count` is left as it was).
@@ -236,10 +283,10 @@ class Visualizer:
     tv = {s: (np.ones((1,), np.float32), np.ones((1,), np.float32)) for s in self.streams}
     compiled, traces = self.compiled_units, self.trace_count
     try:
-      if self.loop == "host":  # what runs is the step; its state is per element.
-        state = jax.eval_shape(compiled.start_j, keys)
-        return compiled.step_j.lower((self.model.variables, units, tv), state, np.int32(0))
-      return compiled.run.lower(self.model.variables, units, keys, tv)
+      args = (self.model.variables, units, tv)
+      state = jax.eval_shape(compiled.start_j, keys)
+      run = compiled.step_j if self.loop == "host" else compiled.segment_j
+      return run.lower(args, state, np.int32(0), np.int32(self.config.steps))
     finally:
       self.trace_count = traces
 
@@ -295,11 +342,11 @@ class Visualizer:
   def _start_units(self, keys):
     return jax.vmap(lambda key: ascent.init(self.canvas, self.tx, key))(keys)
 
-  def _step_units(self, args, state, i):
+  def _step_units(self, args, state, i, tx):
     variables, units, tv = args
 
     def one(unit, tv, state):
-      return ascent.step(self.canvas, self.tx, self._unit_energy(variables, unit, tv), state, i)
+      return ascent.step(self.canvas, tx, self._unit_energy(variables, unit, tv), state, i)
 
     return jax.vmap(one)(units, tv, state)
 
@@ -316,13 +363,13 @@ class Visualizer:
              for s, p in self.canvas.params.items()}
     return self._start_units(keys), zeros
 
-  def _step_attributed(self, args, carry, i):
+  def _step_attributed(self, args, carry, i, tx):
     variables, units, tv = args
     state, total = carry
 
     def one(unit, tv, state):
       energy = self._unit_energy(variables, unit, tv)
-      return ascent.step_attributed(self.canvas, self.tx, energy, state, i,
+      return ascent.step_attributed(self.canvas, tx, energy, state, i,
                                     lambda x: objective_lib.penalties(x, self.weights, tv))
 
     state, metrics, saliency = jax.vmap(one)(units, tv, state)
@@ -354,11 +401,11 @@ class Visualizer:
     def start(keys):
       return ascent.init(canvas, self.tx, keys)
 
-    def step(args, state, i):
+    def step(args, state, i, tx):
       variables, unit, tv, weight = args
       terms = objective_lib.regularized_batch(self.apply, self.target + weight * diversity,
                                               self.weights)
-      return ascent.step(canvas, self.tx, self._energy(terms, variables, unit, tv), state, i)
+      return ascent.step(canvas, tx, self._energy(terms, variables, unit, tv), state, i)
 
     def finish(args, state):
       variables, unit, tv, _ = args
@@ -388,14 +435,14 @@ class Visualizer:
       state = jax.vmap(lambda k, x: ascent.init_at(self.canvas, self.tx, k, x))(keys, seeds)
       return state, state.theta
 
-    def step(args, carry, i):
+    def step(args, carry, i, tx):
       variables, units, tv, weights = args
       state, theta_seed = carry
 
       def one(unit, tv, weight, state, theta_seed):
         energy = self._unit_energy(variables, unit, tv)
         near = lambda theta: weight * ascent.distance(self.canvas, theta, theta_seed, eta)
-        return ascent.step(self.canvas, self.tx, energy, state, i, theta_penalty=near)
+        return ascent.step(self.canvas, tx, energy, state, i, theta_penalty=near)
 
       state, metrics = jax.vmap(one)(units, tv, weights, state, theta_seed)
       return (state, theta_seed), metrics

@@ -1,30 +1,27 @@
-"""Progress of compiled optimisation loops: steps done, seconds per step, ETA.
+"""Progress of compiled optimisations: steps done, seconds per step, ETA.
 
-A chunk of units runs as one compiled `lax.scan`, so the host hears nothing
-until it ends (a minute or more for a real network on a CPU). `StepProgress`
-is fed by a `jax.debug.callback` inside the loop (`tick`, once per step: a few
-microseconds against steps of 0.01-1 s) and logs at most every `every`
-seconds. The time from the call to the first step is reported separately as
-start-up (compilation, when the call compiled).
+An optimisation runs as compiled calls of `optimize.STEPS_PER_CALL` steps.
+The host dispatches call k + 1 before waiting for call k, so the device never
+idles, and `StepProgress.tick` hears of each call as it completes; it logs
+at most every `every` seconds. The time from the start to the first call's
+launch is reported separately as start-up (compilation, when the call
+compiled). Nothing reports from inside a compiled program: no host callback,
+so the programs stay pure and cacheable (`stviz_jax.compile_cache`).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 import warnings
 
 from absl import logging
-import jax
-import numpy as np
 
 
 class StepProgress:
-  """Host-side state of the loop that is running now (one at a time)."""
+  """Host-side state of the optimisation that is running now (one at a time)."""
 
   def __init__(self, every: float = 10.0):
     self.every = every
-    self._lock = threading.Lock()
     self.label, self.steps = "", 0
     self.started = self.first = self.last_log = None
     self.done = 0
@@ -34,48 +31,39 @@ class StepProgress:
     return self.every > 0
 
   def start(self, label: str, steps: int) -> None:
-    """Called on the host just before the compiled loop is launched."""
-    with self._lock:
-      self.label, self.steps = label, int(steps)
-      self.started = time.time()
-      self.first = self.last_log = None
-      self.done = 0
+    """Called just before the first compiled call (its compilation counts as start-up)."""
+    self.label, self.steps = label, int(steps)
+    self.started = time.time()
+    self.first = self.last_log = None
+    self.done = 0
 
-  def tick(self, step) -> None:
-    """Called from inside the loop at the start of step `step`."""
-    step = int(np.asarray(step).ravel()[0])
+  def tick(self, done: int) -> None:
+    """`done` steps have run; `tick(0)`: the first call has been launched."""
     now = time.time()
-    with self._lock:
-      if self.started is None or step < self.done:
-        return
-      if self.first is None:
-        self.first = self.last_log = now
-        startup = now - self.started
-        if startup >= 1.0:
-          logging.info("%s: started after %.1fs (compilation)", self.label, startup)
-        return
-      self.done = step
-      if now - self.last_log >= self.every:
-        self.last_log = now
-        per_step = (now - self.first) / step
-        logging.info("%s: step %d/%d, %.3fs/step, ETA %.0fs", self.label, step, self.steps,
-                     per_step, per_step * (self.steps - step))
+    if self.started is None or done < self.done:
+      return
+    if self.first is None:
+      self.first = self.last_log = now
+      startup = now - self.started
+      if self.enabled and startup >= 1.0:
+        logging.info("%s: started after %.1fs (compilation)", self.label, startup)
+      return
+    self.done = done
+    if self.enabled and done and now - self.last_log >= self.every:
+      self.last_log = now
+      per_step = (now - self.first) / done
+      logging.info("%s: step %d/%d, %.3fs/step, ETA %.0fs", self.label, done, self.steps,
+                   per_step, per_step * (self.steps - done))
 
   def finish(self) -> tuple[float, float]:
-    """`(start-up seconds, loop seconds)` of the loop just finished."""
+    """`(start-up seconds, loop seconds)` of the optimisation just finished."""
     now = time.time()
-    with self._lock:
-      if self.started is None:
-        return 0.0, 0.0
-      first = self.first if self.first is not None else now
-      out = first - self.started, now - first
-      self.started = None
-      return out
-
-  def in_loop(self, step) -> None:
-    """Traced: reports `step` to `tick` (nothing when disabled)."""
-    if self.enabled:
-      jax.debug.callback(self.tick, step)
+    if self.started is None:
+      return 0.0, 0.0
+    first = self.first if self.first is not None else now
+    out = first - self.started, now - first
+    self.started = None
+    return out
 
 
 class Bar:

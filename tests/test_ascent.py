@@ -166,3 +166,29 @@ def test_theta_penalty_and_distance():
   _, m = ascent.step(canvas, tx, _linear_energy(jnp.ones(SHAPE)), state, 0, theta_penalty=near)
   _, m0 = ascent.step(canvas, tx, _linear_energy(jnp.ones(SHAPE)), state, 0)
   np.testing.assert_allclose(m.objective, m0.objective)  # D = 0 at the seed.
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "exponential", "constant"])
+def test_optimizer_with_traced_steps_is_optax_adam(schedule):
+  # The budget may be traced (one compilation for every budget); the
+  # updates are optax's Adam with optax's own schedule over that budget.
+  opt = ml_collections.ConfigDict(dict(learning_rate=0.05, final_fraction=0.1, b1=0.9,
+                                       b2=0.999, schedule=schedule))
+  steps = 12
+  reference = {"cosine": optax.cosine_decay_schedule(0.05, steps, alpha=0.1),
+               "exponential": optax.exponential_decay(0.05, steps, decay_rate=0.1),
+               "constant": optax.constant_schedule(0.05)}[schedule]
+  grads = jnp.linspace(-1.0, 2.0, 5)
+
+  def updates(tx):
+    state = tx.init(grads)
+
+    def body(state, _):
+      u, state = tx.update(grads, state)
+      return state, u
+
+    return jax.lax.scan(body, state, None, length=steps + 3)[1]
+
+  ours = jax.jit(lambda n: updates(ascent.optimizer(opt, n)))(jnp.int32(steps))
+  np.testing.assert_allclose(ours, updates(optax.adam(reference, b1=0.9, b2=0.999)),
+                             rtol=2e-6, atol=1e-9)

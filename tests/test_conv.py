@@ -166,11 +166,7 @@ def test_outside_context_forward_mode_works():
 def _compiled_step_hlo(model, layer):
   config = sv.default_config()
   config.steps = 2
-  vis = sv.Visualizer(model, layer, config)
-  units = jnp.zeros((2,), jnp.int32)
-  keys = jax.random.split(jax.random.PRNGKey(0), 2)
-  tv = {s: (jnp.ones(2), jnp.ones(2)) for s in model.spec.streams}
-  return vis.compiled_units.run.lower(model.variables, units, keys, tv).compile().as_text()
+  return sv.Visualizer(model, layer, config).lower_element().compile().as_text()
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rewrite is for XLA:CPU")

@@ -53,11 +53,15 @@ def test_attribution_off_is_mains_optimisation_bit_for_bit_with_no_extra_output(
   c.insight = dict(attribution=False)
   vis = sv.Visualizer(handbuilt.model(), "motion", c)
   r = vis.run([0, 2], seed=3, log_progress=False)
+  # The same optimisation as main's then, to float32 rounding: the steps now
+  # run as calls of `optimize.STEPS_PER_CALL` with the budget traced (a cond
+  # per step, the schedule's budget an argument), which XLA fuses differently
+  # in the last bits (measured: 4.8e-7 at most). On against off below is exact.
   for k in r.inputs:
-    np.testing.assert_array_equal(r.inputs[k], ref[f"inputs_{k}"])
+    np.testing.assert_allclose(r.inputs[k], ref[f"inputs_{k}"], rtol=1e-5, atol=1e-6)
   for k in r.history:
-    np.testing.assert_array_equal(r.history[k], ref[f"history_{k}"])
-  np.testing.assert_array_equal(r.activations, ref["activations"])
+    np.testing.assert_allclose(r.history[k], ref[f"history_{k}"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(r.activations, ref["activations"], rtol=1e-5, atol=1e-6)
   assert r.attribution is None and vis.trace_count == 1
   assert len(vis.run_chunk(np.array([0, 2]), [vis.settings()] * 2, seed=3)) == 3
   # Attribution on: the same optimisation (the maps come from its own gradients).

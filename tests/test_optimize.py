@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import stviz_jax as sv
-from stviz_jax import objective, regularizers
+from stviz_jax import objective, optimize, regularizers
 import handbuilt
 
 
@@ -188,9 +188,12 @@ def test_objectives_compose():
 
 
 def test_host_loop_equals_scan():
+  # Not a multiple of the calls' length: the last call skips steps.
+  steps = optimize.STEPS_PER_CALL + 3
   model = sv.models.load("tiny_two_stream", size=16, frames=3, width=8)
-  scan = sv.visualize(model, "fusion", [0, 3], _config(steps=10, loop="scan"), seed=2)
-  host = sv.visualize(model, "fusion", [0, 3], _config(steps=10, loop="host"), seed=2)
+  scan = sv.visualize(model, "fusion", [0, 3], _config(steps=steps, loop="scan"), seed=2)
+  host = sv.visualize(model, "fusion", [0, 3], _config(steps=steps, loop="host"), seed=2)
+  assert scan.history["objective"].shape == host.history["objective"].shape == (2, steps)
   for s, spec in model.spec.streams.items():
     np.testing.assert_allclose(host.inputs[s], scan.inputs[s], rtol=0,
                                atol=2e-3 * 160 * spec.pixel_scale)
@@ -198,3 +201,31 @@ def test_host_loop_equals_scan():
                              rtol=1e-3, atol=1e-4)
   with pytest.raises(ValueError, match="unknown loop 'gpu'; valid: auto, scan, host"):
     sv.Visualizer(model, "fusion", _config(loop="gpu"))
+
+
+def test_compiled_program_does_not_depend_on_the_budget():
+  # The budget is an argument of the compiled calls, so a rerun with more
+  # steps compiles nothing new (and the persistent cache can serve it).
+  model = handbuilt.model()
+  texts = {steps: sv.Visualizer(model, "motion", _config(steps=steps)).lower_element().as_text()
+           for steps in (3, optimize.STEPS_PER_CALL, 23)}
+  assert len(set(texts.values())) == 1
+
+
+def test_steps_past_the_budget_change_nothing():
+  # Steps 7 .. 9 of the one call of a 7-step run are skipped: the state after
+  # the call is the 7-step state, and the history ends at step 7.
+  model = handbuilt.model()
+  vis = sv.Visualizer(model, "motion", _config(steps=7))
+  units = np.array([0, 2], np.int32)
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  tv = {s: (np.ones(2, np.float32), np.zeros(2, np.float32)) for s in model.spec.streams}
+  args = (model.variables, units, tv)
+  c = vis.compiled_units
+  after_call, m = c.segment(args, c.start(keys), np.int32(0), np.int32(7))
+  state = c.start(keys)
+  for i in range(7):
+    state, _ = c.step(args, state, np.int32(i), vis.optimizer(7))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               after_call, state)
+  assert np.all(np.asarray(m.objective)[7:] == 0) and np.all(np.asarray(m.objective)[:7] != 0)
