@@ -1,7 +1,6 @@
 """Progress of the compiled calls: steps, s/step, ETA and start-up reported by the host; off means silent."""
 
 from absl import logging as absl_logging
-import jax
 import numpy as np
 
 import stviz_jax as sv
