@@ -11,8 +11,8 @@ functions' arguments and compiles them once:
 * `Visualizer.run_diverse`: K samples of one unit coupled by Lucid's
   Gram-matrix diversity, the same step on a batched canvas.
 
-Both run as calls of `STEPS_PER_CALL` steps (`lax.scan`, the step budget
-traced, so no compilation depends on `config.steps`) or, opt-in, a host loop
+Both run as calls of `STEPS_PER_CALL` steps (a loop on the device, the step
+budget traced, so no compilation depends on `config.steps`) or, opt-in, a host loop
 over one compiled step (`Visualizer.loop`), through one `Compiled`. Beyond the paper,
 `config.param` chooses what is optimised (`stviz_jax.param`, e.g. a 3-D 1/f
 Fourier spectrum, decorrelated colour or MACO's phase) and
@@ -90,19 +90,19 @@ def with_compute_dtype(apply, dtype: str):
   return apply_in_dtype
 
 
-# Steps per compiled call. The optimisation runs as calls of this many steps
-# (the budget and the step offset traced, steps past the budget skipped by a
-# `lax.cond`), so its compiled program does not depend on `config.steps`: a
+# Steps per compiled call. The optimisation runs as calls of up to this many
+# steps (the budget and the step offset traced, the last call's loop shorter),
+# so its compiled program does not depend on `config.steps`: a
 # rerun with another budget reuses it (in this process, or from the persistent
 # compilation cache, `stviz_jax.compile_cache`), where a budget-long scan
-# recompiled (I3D: ~9 of the 17 s a 20-step run took). Skipped steps cost
-# nothing; the host loop dispatches the calls without waiting between them.
+# recompiled (I3D: ~9 of the 17 s a 20-step run took). The host dispatches
+# the calls without waiting between them.
 STEPS_PER_CALL = 10
 
 
 class Compiled:
   """One optimisation compiled once, for any number of steps: calls of
-  `STEPS_PER_CALL` steps (`lax.scan`, `segment`) or, under `loop='host'`, one
+  `STEPS_PER_CALL` steps (`segment`) or, under `loop='host'`, one
   compiled step per call, chosen by `Visualizer.loop`; `run` is the host loop.
 
   It is given, for traced arguments `args = (variables, units, tv, *extra)`,
@@ -127,25 +127,28 @@ class Compiled:
     self.finish_j = jax.jit(finish)
 
   def segment(self, args, state, first, total):
-    """Steps `first .. first + STEPS_PER_CALL - 1` of a `total`-step optimisation,
-    traced (`lax.scan`; steps from `total` on leave the state as it is).
+    """Steps `first .. min(first + STEPS_PER_CALL, total) - 1` of a `total`-step
+    optimisation, traced: a loop whose trip count is an argument.
 
-    Returns the state and the steps' metrics, stacked (zeros where skipped).
+    Returns the state and the steps' metrics, `STEPS_PER_CALL` of them stacked
+    (zeros after the last step run).
     """
     self.vis.trace_count += 1  # runs only while tracing.
     tx = self.vis.optimizer(total)
-    # The zeros of a skipped step's metrics, known without tracing the step
-    # twice: float32 per element (the state's leading axis) when the history
-    # is per element (steps_axis 1), else one scalar per step.
+    # The metrics' shapes, known without tracing the step twice: float32 per
+    # element (the state's leading axis) when the history is per element
+    # (steps_axis 1), else one scalar per step.
     shape = (jax.tree.leaves(state)[0].shape[0],) if self.steps_axis == 1 else ()
-    skipped = ascent.Metrics(*(jnp.zeros(shape, jnp.float32) for _ in ascent.Metrics._fields))
+    history = ascent.Metrics(*(jnp.zeros((STEPS_PER_CALL,) + shape, jnp.float32)
+                               for _ in ascent.Metrics._fields))
 
-    def body(state, j):
-      i = first + j
-      return jax.lax.cond(i < total, lambda state: self.step(args, state, i, tx),
-                          lambda state: (state, skipped), state)
+    def body(j, carry):
+      state, history = carry
+      state, metrics = self.step(args, state, first + j, tx)
+      return state, jax.tree.map(lambda h, m: h.at[j].set(m), history, metrics)
 
-    return jax.lax.scan(body, state, jnp.arange(STEPS_PER_CALL, dtype=jnp.int32))
+    n = jnp.clip(total - first, 0, STEPS_PER_CALL)
+    return jax.lax.fori_loop(0, n, body, (state, history))
 
   def _traced_step(self, args, state, i, total):
     self.vis.trace_count += 1  # runs only while tracing.

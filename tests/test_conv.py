@@ -224,3 +224,63 @@ def test_one_channel_only_for_single_channel_objectives(small_vgg):
   config.objective.kind = "channel_interaction"
   config.objective.other = 3
   assert not sv.Visualizer(small_vgg, "rgb/conv4_3", config).one_channel
+
+
+def _computations(hlo: str) -> dict[str, str]:
+  """HLO text -> {computation name: its body text}."""
+  out, name = {}, None
+  for line in hlo.splitlines():
+    m = re.match(r"(?:ENTRY )?%([\w.\-]+) \(", line)
+    if m and line.rstrip().endswith("{"):
+      name, out[m.group(1)] = m.group(1), ""
+    elif name is not None:
+      out[name] += line + "\n"
+  return out
+
+
+def _reachable(comps: dict[str, str], root: str) -> str:
+  """The text of `root` and of every computation it calls, transitively."""
+  seen, todo, text = set(), [root], ""
+  while todo:
+    c = todo.pop()
+    if c in seen or c not in comps:
+      continue
+    seen.add(c)
+    text += comps[c]
+    todo += re.findall(r"(?:calls|body|condition|to_apply|branch_computations)=\{?%([\w.\-]+)",
+                       comps[c])
+  return text
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rewrite is for XLA:CPU")
+@pytest.mark.parametrize("shape, kernel, strides", [
+    ((5, 12, 12, 8), (3, 3, 8, 16), (1, 1)),        # stride 1: the flipped kernel
+    ((5, 12, 12, 8), (3, 3, 8, 16), (2, 2)),        # strided: the phases' sub-kernels
+    ((5, 8, 12, 12, 3), (7, 7, 7, 3, 8), (2, 2, 2)),  # space-to-depth: the blocked kernel
+])
+def test_rewritten_kernels_are_built_once_outside_the_loop(shape, kernel, strides):
+  # XLA never hoists reverses / transposes / reshapes out of a loop on their
+  # own; without the barrier every optimisation step rebuilt them.
+  nd = len(strides)
+  dn = ("NHWC", "HWIO", "NHWC") if nd == 2 else ("NDHWC", "DHWIO", "NDHWC")
+  w = jax.random.normal(jax.random.PRNGKey(0), kernel)
+  x0 = jax.random.normal(jax.random.PRNGKey(1), shape)
+
+  def ascend(w, x0):
+    def loss(x):
+      with conv.cpu_rewrites():
+        y = conv.conv_general_dilated(x, w, strides, "SAME", dimension_numbers=dn)
+      return jnp.sum(y ** 2)
+
+    return jax.lax.fori_loop(0, 3, lambda i, x: x - 1e-3 * jax.grad(loss)(x), x0)
+
+  hlo = jax.jit(ascend).lower(w, x0).compile().as_text()
+  comps = _computations(hlo)
+  bodies = re.findall(r"while\(.*?body=%([\w.\-]+)", hlo)
+  assert bodies
+  in_loop = "".join(_reachable(comps, b) for b in bodies)
+  assert "convolution(" in in_loop
+  # Reverses / transposes left in the loop act on the batch of 5 (activations:
+  # the phases' interleaving, the blocks), never on a kernel.
+  shapes = re.findall(r"= f32\[([\d,]*)\]\S* (?:reverse|transpose)\(", in_loop)
+  assert all(sh.split(",")[0] == "5" for sh in shapes), shapes
