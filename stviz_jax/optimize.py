@@ -295,10 +295,10 @@ class Visualizer:
 
   @property
   def loop(self) -> str:
-    """'scan' (lax.scan over steps, the default) or 'host' (a host loop over one
-    compiled step); both give the same results.
+    """'scan' (calls of `STEPS_PER_CALL` steps looped on the device, the
+    default) or 'host' (one compiled step per call); both give the same results.
 
-    Scan keeps the whole optimisation on the device in one call. The host loop
+    Scan keeps `STEPS_PER_CALL` steps on the device per call. The host loop
     exists for profiling single steps; on XLA:CPU it is slower (measured on 2
     cores, jax 0.10: VGG-16 conv4_3 at 128 px 0.141 against 0.115 s per
     unit-step under scan; I3D Mixed_4f at 8x64x64 ~6.6 against 0.17 s, as
