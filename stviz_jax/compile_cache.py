@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+from absl import logging
 import jax
 
 # Programs compiling faster than this are not worth a file (JAX's default: 1 s;
@@ -38,7 +39,7 @@ def enable(path: str | None = None) -> str | None:
   A cache directory already configured (`JAX_COMPILATION_CACHE_DIR`,
   `jax.config`) is kept. Call before the first compilation: JAX reads the
   setting once. Returns the directory in use, or None when `path` is ""
-  (off) and none was configured.
+  (off) or cannot be created, and none was configured.
   """
   current = jax.config.jax_compilation_cache_dir
   if current:
@@ -46,7 +47,11 @@ def enable(path: str | None = None) -> str | None:
   if path == "":
     return None
   path = os.path.abspath(os.path.expanduser(path or default_dir()))
-  os.makedirs(path, exist_ok=True)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:  # a read-only home: run on, compiling as without a cache.
+    logging.warning("compilation cache off: cannot create %s (%s)", path, e)
+    return None
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
   return path

@@ -52,11 +52,30 @@ def test_rerun_with_another_budget_compiles_nothing_and_matches(tmp_path):
     np.testing.assert_array_equal(cached[k], fresh[k])
 
 
-def test_default_dir_and_off(monkeypatch, tmp_path):
+def test_default_dir(monkeypatch, tmp_path):
   monkeypatch.setenv("STVIZ_CACHE_DIR", str(tmp_path / "mine"))
   assert compile_cache.default_dir() == str(tmp_path / "mine")
   monkeypatch.delenv("STVIZ_CACHE_DIR")
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
   assert compile_cache.default_dir() == os.path.join(str(tmp_path), "stviz_jax", "xla")
-  if not __import__("jax").config.jax_compilation_cache_dir:
-    assert compile_cache.enable("") is None  # '' = off
+
+
+OFF = r"""
+import sys
+import jax
+from stviz_jax import compile_cache
+assert compile_cache.enable("") is None            # '' = off
+assert compile_cache.enable(sys.argv[1]) is None   # cannot be created: off, the run goes on
+assert not jax.config.jax_compilation_cache_dir
+print(jax.jit(lambda x: x + 1)(1))
+"""
+
+
+def test_off_and_a_directory_that_cannot_be_made(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  out = subprocess.run([sys.executable, "-c", OFF, str(blocker / "xla")], check=True,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "JAX_COMPILATION_CACHE_DIR": ""})
+  assert out.stdout.strip() == "2"
+  assert "compilation cache off: cannot create" in out.stderr
