@@ -41,11 +41,13 @@ is faster).
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import json
 import os
 import pathlib
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -160,10 +162,12 @@ def main(argv=None):
   from speed_video import source_version  # pylint: disable=import-outside-toplevel
   source = source_version()  # the commit measured: read before anything runs.
 
-  if args.compilation_cache != "off":
-    cache_dir = (tempfile.mkdtemp(prefix="stviz_ttr_xla_") if args.compilation_cache == "fresh"
-                 else args.compilation_cache)
+  if args.compilation_cache == "fresh":
+    cache_dir = tempfile.mkdtemp(prefix="stviz_ttr_xla_")
+    atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
     compile_cache.enable(cache_dir)
+  elif args.compilation_cache != "off":
+    compile_cache.enable(args.compilation_cache)
   config = job_config(args.frames, args.size, budgets[0])
   config.gammas = (args.gamma,)
   model = sv.models.load(args.model, **dict(config.model_overrides))
