@@ -175,7 +175,11 @@ def main():
   flops_per_unit_step = conv_gflop_per_unit_step(args.size) * 1e9
   executed_per_unit_step = conv_gflop_per_unit_step(
       args.size, 1 if vis.one_channel else None) * 1e9
-  jax_mem_per_unit = chunks.element_memory_bytes(vis)  # XLA's memory analysis of the step.
+  # XLA's memory analysis of the compiled call: what each further unit of a
+  # chunk adds, and what one unit alone needs (with what a call holds once for
+  # all its units: on CPU the rewritten kernels, `models.conv`).
+  jax_mem_per_unit = chunks.marginal_element_memory_bytes(vis)
+  one_unit_mem = chunks.element_memory_bytes(vis)
 
   times = {"stviz_jax": [], "torch": []}
   for _ in range(args.repeats):
@@ -207,6 +211,7 @@ def main():
       "fraction_of_peak": round(gflops / peak, 3),
       "compile_and_first_run_s": round(compile_and_first_s, 2),
       "stviz_mem_per_unit_mb": round(jax_mem_per_unit / 2**20, 1) if jax_mem_per_unit else None,
+      "stviz_mem_one_unit_mb": round(one_unit_mem / 2**20, 1) if one_unit_mem else None,
       "torch_mem_per_unit_mb": round(torch_mem / args.units / 2**20, 1) if torch_mem else None,
       "process_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       "compilations": vis.trace_count,

@@ -22,8 +22,10 @@ vmapped chunk of U. Both run in this one process, alternating over
 Prints one JSON line: seconds per unit-step (median), GFLOP/s (convolution
 FLOPs of forward + backward-to-input, from the layer shapes), the fraction of
 the float32 matmul peak measured in this run (NumPy/OpenBLAS and XLA),
-compile time, memory per unit (XLA's memory analysis of the compiled step;
-for PyTorch the tensors autograd saves for the backward pass), compilations.
+compile time, memory per unit (XLA's memory analysis of the compiled call:
+what each further unit of a chunk adds, and what one unit alone needs with
+the call's shared rewritten kernels; for PyTorch the tensors autograd saves
+for the backward pass), compilations.
 
   python benchmarks/speed_video.py --net=vgg16_fusion [--frames=3 --size=112 --units=4 --steps=8]
   python benchmarks/speed_video.py --net=i3d [--frames=16 --size=112]
@@ -115,14 +117,18 @@ def main():
   t = time.perf_counter()
   vis.run(units, chunk_size=args.units, log_progress=False)
   compile_and_first_s = time.perf_counter() - t
-  mem_per_unit = chunks.element_memory_bytes(vis)  # XLA's memory analysis of the step.
+  # XLA's memory analysis of the compiled call: what each further unit of a
+  # chunk adds, and what one unit alone needs (with what a call holds once for
+  # all its units: on CPU the rewritten kernels, `models.conv`).
+  mem_per_unit = chunks.marginal_element_memory_bytes(vis)
+  one_unit_mem = chunks.element_memory_bytes(vis)
   ablated = None
   if args.ablate:
     from stviz_jax.models import conv
     ablated = sv.Visualizer(model, layer, config)
     with getattr(conv, args.ablate)(False):  # the rewrites apply at trace time
       ablated.run(units, chunk_size=args.units, log_progress=False)
-      ablated_mem = chunks.element_memory_bytes(ablated)
+      ablated_mem = chunks.marginal_element_memory_bytes(ablated)
 
   out = {"benchmark": f"speed_video_{args.net}_{layer}", "dtype": args.dtype,
          "units": args.units, "steps": args.steps, "frames": frames, "size": size,
@@ -187,6 +193,7 @@ def main():
       "matmul_peak_gflops": {"numpy_openblas": round(np_peak, 1), "xla": round(xla_peak, 1)},
       "compile_and_first_run_s": round(compile_and_first_s, 2),
       "stviz_mem_per_unit_mb": round(mem_per_unit / 2**20, 1) if mem_per_unit else None,
+      "stviz_mem_one_unit_mb": round(one_unit_mem / 2**20, 1) if one_unit_mem else None,
       "process_max_rss_mb": round(max(rss0, resource.getrusage(
           resource.RUSAGE_SELF).ru_maxrss) / 1024, 1),
       "compilations": vis.trace_count,

@@ -17,9 +17,25 @@ FALLBACK_CHUNK = 32  # per device, when an accelerator's memory is unknown.
 
 
 def element_memory_bytes(vis) -> int | None:
-  """Device memory one (unit, setting) element needs, from XLA's memory analysis."""
+  """Device memory one (unit, setting) element needs, from XLA's memory analysis.
+
+  This counts what a call holds once for all its elements as well (on CPU
+  the rewritten kernels of `models.conv`), so chunks planned from it are
+  conservative; `marginal_element_memory_bytes` leaves that out.
+  """
+  return _call_memory_bytes(vis, 1)
+
+
+def marginal_element_memory_bytes(vis) -> int | None:
+  """Device memory each further element of a chunk adds: XLA's memory
+  analysis of a chunk of two minus that of a chunk of one."""
+  one, two = _call_memory_bytes(vis, 1), _call_memory_bytes(vis, 2)
+  return max(two - one, 1) if one and two else None
+
+
+def _call_memory_bytes(vis, elements: int) -> int | None:
   try:
-    mem = vis.lower_element().compile().memory_analysis()
+    mem = vis.lower_element(elements).compile().memory_analysis()
     if mem is None:
       return None
     # Temporaries and outputs (the per-element state) grow with the chunk; the

@@ -44,6 +44,7 @@ from stviz_jax import progress as progress_lib
 from stviz_jax import regularizers
 from stviz_jax import transforms as transforms_lib
 from stviz_jax.models import LOGITS, Model, conv as conv_lib, layers as layers_lib
+from stviz_jax.models import pooling as pooling_lib
 @contextlib.contextmanager
 def _network_context(step, redirect_steps: int, only_channel=None):
   """Trace-time settings of the network pass inside one optimisation step.
@@ -51,15 +52,17 @@ def _network_context(step, redirect_steps: int, only_channel=None):
   ReLU gradients are redirected during the first `redirect_steps` steps
   (`step` is traced: no recompilation when redirection ends). With
   `only_channel = (layer, unit)` the layer's convolution computes that one
-  channel (`layers.only_channel`). On CPU convolutions take the forms
-  XLA:CPU runs fast (`stviz_jax.models.conv`: input gradients as forward
-  convolutions, 3-D ones as 2-D ones).
+  channel (`layers.only_channel`). Max pools keep only the position of each
+  maximum for the backward pass (`pooling.compact_gradient`). On CPU
+  convolutions take the forms XLA:CPU runs fast (`stviz_jax.models.conv`:
+  input gradients as forward convolutions, 3-D ones as 2-D ones).
   """
   with contextlib.ExitStack() as stack:
     if redirect_steps > 0:
       stack.enter_context(layers_lib.redirected_relu(step < redirect_steps))
     if only_channel is not None:
       stack.enter_context(layers_lib.only_channel(*only_channel))
+    stack.enter_context(pooling_lib.compact_gradient())
     stack.enter_context(_cpu_rewrites())
     yield
 
@@ -273,17 +276,18 @@ class Visualizer:
   def default_tv(self) -> dict[str, tuple[float, float]]:
     return {s: (w.kappa, w.gamma) for s, w in self.weights.items()}
 
-  def lower_element(self):
+  def lower_element(self, elements: int = 1):
     """The lowered computation one (unit, setting) element runs: one call of
-    `STEPS_PER_CALL` steps of a chunk of one under `loop='scan'`, the step
-    under 'host'.
+    `STEPS_PER_CALL` steps of a chunk of one (or of `elements`) under
+    `loop='scan'`, the step under 'host'.
 
     For planning (XLA's memory analysis of `.compile()`): it does not count as
     a compilation of a run (`trace_count` is left as it was).
     """
-    units = np.zeros((1,), np.int32)
-    keys = jax.random.split(jax.random.PRNGKey(0), 1)
-    tv = {s: (np.ones((1,), np.float32), np.ones((1,), np.float32)) for s in self.streams}
+    units = np.zeros((elements,), np.int32)
+    keys = jax.random.split(jax.random.PRNGKey(0), elements)
+    tv = {s: (np.ones((elements,), np.float32), np.ones((elements,), np.float32))
+          for s in self.streams}
     compiled, traces = self.compiled_units, self.trace_count
     try:
       args = (self.model.variables, units, tv)

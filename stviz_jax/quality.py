@@ -223,7 +223,7 @@ def _responses(apply, layer: str, variables, inputs, units, ts):
   """`(N, U)` responses (and `(N, U)` class ranks for 'logits') under N transforms.
 
   The N x U transformed clips form one batch (vmap), and on CPU the network
-  runs with `conv.cpu_rewrites` (3-D convolutions as sums of 2-D ones, which
+  runs with `conv.cpu_rewrites` (3-D convolutions as 2-D ones, which
   XLA:CPU runs 2-3x faster), as in the optimisation.
   """
 

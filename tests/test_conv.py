@@ -60,8 +60,30 @@ CASES = [(nd, pad, dil, k) for nd, pad, dil, k in itertools.product(
 def test_gradients_equal_jax(nd, pad, dil, k):
   x, w = _random_conv(nd * 100 + dil * 10 + k, (7, 8, 6), nd, k, 3)
   padding = ((1, 2),) * nd if pad == "explicit" else pad
-  jaxpr = _rewritten_and_jax_gradients(x, w, 1, padding, dil)
-  assert "custom_vjp" in jaxpr  # the rewrite really ran
+  _rewritten_and_jax_gradients(x, w, 1, padding, dil)
+  with conv.cpu_rewrites():  # the rewrite really ran
+    forward = jax.make_jaxpr(_loss(conv.conv_general_dilated, 1, padding, dil, nd))(x, w)
+  assert "custom_vjp" in str(forward)
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_3d_convolution_input_gradient_over_time_taps(monkeypatch, together):
+  """Rewrite 2: a 3x3x3 convolution runs as 2-D convolutions over its 3 time
+  taps; its input gradient is one 2-D convolution with 3 x C_in outputs (all
+  taps side by side) on frames of at least TAPS_TOGETHER_MIN_PIXELS, one per
+  tap on smaller ones; JAX's values and gradients either way."""
+  monkeypatch.setattr(conv, "TAPS_TOGETHER_MIN_PIXELS", 1 if together else 10**9)
+  x, w = _random_conv(7, (6, 8, 8), 3, 3, 5)  # batch 2 x 6 frames, 5 -> 4 channels
+  with conv.cpu_rewrites():
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda v: jnp.sum(conv.conv_general_dilated(
+        v, w, (1, 1, 1), "SAME", dimension_numbers=DIMENSION_NUMBERS[3]) ** 2)))(x))
+  outputs = re.findall(r"(f32\[[\d,]+\]) = conv_general_dilated\[", jaxpr)
+  two_d = [o for o in outputs if o.count(",") == 3]
+  assert two_d.count("f32[12,8,8,4]") == 3, outputs  # forward: one call per tap
+  assert two_d.count("f32[12,8,8,15]") == (1 if together else 0), outputs
+  assert two_d.count("f32[12,8,8,5]") == (0 if together else 3), outputs
+  _rewritten_and_jax_gradients(x, w, 1, "SAME", 1)
+  _rewritten_and_jax_gradients(x, w, 1, ((2, 0), (1, 1), (0, 2)), 2)  # dilated, uneven
 
 
 STRIDED = [(nd, s, pad, k) for nd, s, pad, k in itertools.product(
@@ -75,7 +97,7 @@ def test_strided_input_gradient_by_phases_equals_jax(nd, stride, pad, k):
   x, w = _random_conv(nd * 100 + stride * 10 + k, (9, 10, 11), nd, k, 16)
   padding = ((3, 1),) * nd if pad == "explicit" else pad
   jaxpr = _rewritten_and_jax_gradients(x, w, stride, padding, 1)
-  assert "custom_vjp" in jaxpr
+  assert "optimization_barrier" in jaxpr  # a rewritten kernel: the rewrite ran
   dilations = re.findall(r"lhs_dilation=\(([0-9, ]*)\)", jaxpr)
   assert dilations and all(set(d.replace(" ", "").strip(",").split(",")) == {"1"}
                            for d in dilations), dilations  # no input dilation left
@@ -108,7 +130,7 @@ def test_strided_3d_rgb_by_space_to_depth_equals_jax(stride, pad, k, spatial):
   # The weight gradient sums thousands of cancelling terms in another order.
   for g, h, tol in zip(got, want, (1e-5, 1e-4)):
     np.testing.assert_allclose(g, h, rtol=1e-4, atol=tol * float(jnp.abs(h).max()))
-  assert "custom_vjp" in jaxpr
+  assert "optimization_barrier" in jaxpr  # a rewritten kernel: the rewrite ran
   for attr in ("lhs_dilation", "window_strides"):
     values = re.findall(attr + r"=\(([0-9, ]*)\)", jaxpr)
     assert values and all(set(v.replace(" ", "").strip(",").split(",")) == {"1"}
@@ -135,7 +157,8 @@ def test_batch_in_pieces_equals_jax(monkeypatch, nd, stride):
   pieces = _rewritten_and_jax_gradients(x, w, stride, "SAME", 1)
   monkeypatch.setattr(conv, "PIECE_BYTES", 2**30)
   whole = _rewritten_and_jax_gradients(x, w, stride, "SAME", 1)
-  assert "concatenate" in pieces and "concatenate" not in whole
+  # (3-D convolutions also concatenate their time taps, pieces or not.)
+  assert pieces.count("concatenate") > whole.count("concatenate")
   # The forward and the input gradient each become (at least) one call per image.
   calls = lambda jaxpr: jaxpr.count("conv_general_dilated[")
   assert calls(pieces) >= calls(whole) + 2 * (x.shape[0] - 1), (calls(pieces), calls(whole))

@@ -44,3 +44,33 @@ def test_bad_arguments_name_what_is_wrong():
     pooling.max_pool(x, (2,), (2, 2), ((0, 0), (0, 0)))
   with pytest.raises(ValueError, match="window 5 is larger than the padded extent 4"):
     pooling.max_pool(x, (5, 5), (1, 1), ((0, 0), (0, 0)))
+
+
+@pytest.mark.parametrize("spatial,kernel,stride,padding", CASES)
+def test_compact_gradient_is_reduce_windows_also_at_ties(spatial, kernel, stride, padding):
+  """Inside `pooling.compact_gradient()` the gradient keeps one window position per
+  output and routes to the first maximum in row-major order, as reduce_window's
+  does: equal to it bit for bit, on inputs with many ties (small integers)."""
+  x = jax.random.randint(jax.random.PRNGKey(3), (2, *spatial, 3), 0, 3).astype(jnp.float32)
+  want, ref_vjp = jax.vjp(lambda v: _reference(v, kernel, stride, padding), x)
+  with pooling.compact_gradient():
+    got, vjp = jax.vjp(lambda v: pooling.max_pool(v, kernel, stride, padding), x)
+    jitted = jax.jit(jax.grad(lambda v: jnp.sum(pooling.max_pool(v, kernel, stride,
+                                                                  padding) ** 2)))(x)
+  np.testing.assert_array_equal(got, want)
+  # Integer cotangents: sums of overlapping windows are exact in any order.
+  ct = jax.random.randint(jax.random.PRNGKey(9), want.shape, -8, 8).astype(jnp.float32)
+  np.testing.assert_array_equal(vjp(ct)[0], ref_vjp(ct)[0])
+  np.testing.assert_array_equal(jitted, ref_vjp(2 * want)[0])
+
+
+def test_compact_pool_keeps_one_byte_per_output():
+  """The only residual of the compact gradient is an int8 window code the size
+  of the output (what `jax.vjp` closes over), not the input's float slices."""
+  x = jnp.zeros((1, 8, 16, 16, 32))
+  with pooling.compact_gradient():
+    _, vjp = jax.vjp(lambda v: pooling.max_pool(v, (3, 3, 3), (2, 2, 2), ((1, 1),) * 3), x)
+  kept = [leaf for leaf in jax.tree_util.tree_leaves(vjp) if hasattr(leaf, "dtype")]
+  assert [(leaf.dtype, leaf.shape) for leaf in kept] == [(jnp.int8, (1, 4, 8, 8, 32))]
+  with pooling.compact_gradient(), pytest.raises(ValueError, match="window 5 is larger"):
+    pooling.max_pool(jnp.zeros((1, 4, 4, 1)), (5, 5), (1, 1), ((0, 0), (0, 0)))

@@ -17,8 +17,10 @@ around its steps on CPU):
      k_eff - 1 - lo before / the remainder after.
 
    The weight gradient is JAX's own rule.
-2. 3-D convolutions as sums of 2-D ones over the kernel's time taps: XLA:CPU
-   has no fast 3-D convolution (I3D's 3x3x3 layers run 2-2.5x faster split).
+2. 3-D convolutions as sums of 2-D ones over the kernel's time taps (on
+   large frames their input gradient one 2-D convolution for all taps):
+   XLA:CPU has no fast 3-D convolution (I3D's 3x3x3 layers run 2-2.5x faster
+   split).
 3. Space-to-depth for strided 3-D convolutions of few input channels (I3D's
    7x7x7 stride-2 RGB stem), as TPU stems do: the padded input's s_t x s_h x
    s_w blocks become channels (3 -> 24) and the zero-padded kernel's taps
@@ -66,6 +68,9 @@ SPACE_TO_DEPTH_MAX_CHANNELS = 16
 # 56 x 56 x 64: 86 ms in one call, 35 ms as 32 calls of one frame; the whole
 # I3D step of `benchmarks/speed_video.py` 1.37x faster with 1 MiB pieces).
 PIECE_BYTES = 2**20
+# Rewrite 2: the input gradient of a 3-D convolution over frames of at least
+# this many pixels is one 2-D convolution for all time taps (`_time_taps_bwd`).
+TAPS_TOGETHER_MIN_PIXELS = 28 * 28
 
 
 @contextlib.contextmanager
@@ -195,26 +200,74 @@ def _stride1_conv(lhs, rhs, padding, precision):
 
 
 def _conv3d_as_2d(lhs, rhs, padding, rhs_dilation, precision):
-  """A stride-1 3-D convolution as the sum over the kernel's k_t time taps of
-  2-D convolutions of time-shifted frames (time folded into the batch).
+  """A stride-1 3-D convolution as 2-D convolutions over time taps (time
+  folded into the batch): y[t] = sum_j conv2d(x_pad[t + j d_t], W[j]).
 
-  y[t] = sum_j conv2d(x_pad[t + j d_t], W[j]). XLA:CPU has no fast 3-D
-  convolution; its 2-D ones (and their rewritten input gradients) are 2-2.5x
-  faster on I3D's 3x3x3 layers (see `benchmarks/README.md`).
+  XLA:CPU has no fast 3-D convolution; its 2-D ones are 2-2.5x faster on
+  I3D's 3x3x3 layers (see `benchmarks/README.md`). On large frames the input
+  gradient is one 2-D convolution for all taps (`_time_taps_bwd`).
   """
+  return _time_taps(lhs, rhs, tuple(padding), tuple(rhs_dilation), precision)
+
+
+def _time_taps_forward(lhs, rhs, padding, rhs_dilation, precision):
   n, t, h, w, c = lhs.shape
-  kt = rhs.shape[0]
-  dt = rhs_dilation[0]
+  kt, dt = rhs.shape[0], rhs_dilation[0]
   (lo, hi), spatial_pad = padding[0], padding[1:]
   x = jnp.pad(lhs, ((0, 0), (lo, hi), (0, 0), (0, 0), (0, 0)))
   t_out = t + lo + hi - (kt - 1) * dt
   out = None
   for j in range(kt):
     frames = lax.slice_in_dim(x, j * dt, j * dt + t_out, axis=1)
-    y = _conv(frames.reshape((n * t_out, h, w, c)), rhs[j], (1, 1), spatial_pad,
-              rhs_dilation[1:], _channels_last(2), precision)
+    y = _in_pieces(frames.reshape((n * t_out, h, w, c)), rhs[j], (1, 1), spatial_pad,
+                   rhs_dilation[1:], _channels_last(2), precision)
     out = y if out is None else out + y
   return out.reshape((n, t_out) + out.shape[1:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _time_taps(lhs, rhs, padding, rhs_dilation, precision):
+  return _time_taps_forward(lhs, rhs, padding, rhs_dilation, precision)
+
+
+def _time_taps_fwd(lhs, rhs, padding, rhs_dilation, precision):
+  return _time_taps_forward(lhs, rhs, padding, rhs_dilation, precision), (lhs, rhs)
+
+
+def _time_taps_bwd(padding, rhs_dilation, precision, res, g):
+  """dL/dx by forward 2-D convolutions of g with the taps' flipped kernels,
+  then the shifted sum over taps. On frames of at least
+  `TAPS_TOGETHER_MIN_PIXELS` the taps' kernels sit side by side in one
+  convolution with k_t C outputs, which ran faster than k_t calls there
+  (I3D's Conv3d_2c_3x3, 28 x 28: 0.67x the time of the layer's step) and
+  slower on small frames (7 x 7: 1.22x). The weight gradient is JAX's rule."""
+  lhs, rhs = res
+  grad_rhs = jax.vjp(lambda w: lax.conv_general_dilated(
+      lhs, w, (1, 1, 1), padding, None, rhs_dilation, _channels_last(3),
+      precision=precision), rhs)[1](g)[0]
+  n, t, h, w, c = lhs.shape
+  kt, dt = rhs.shape[0], rhs_dilation[0]
+  lo, spatial_pad = padding[0][0], padding[1:]
+  t_out = g.shape[1]
+  pads = _input_grad_padding((h, w), rhs.shape[1:3], (1, 1), g.shape[2:4], spatial_pad,
+                             rhs_dilation[1:])
+  # (k_t, k_h, k_w, C, O) -> flipped in space, input and output exchanged.
+  kernels = jnp.swapaxes(lax.rev(rhs, (1, 2)), -1, -2)
+  frames = g.reshape((n * t_out,) + g.shape[2:])
+  conv = lambda kernel: _in_pieces(frames, _invariant(kernel), (1, 1), pads,
+                                   rhs_dilation[1:], _channels_last(2), precision)
+  if h * w >= TAPS_TOGETHER_MIN_PIXELS:
+    z = conv(jnp.moveaxis(kernels, 0, 3).reshape(rhs.shape[1:3] + (rhs.shape[-1], kt * c)))
+    taps = jnp.moveaxis(z.reshape((n, t_out, h, w, kt, c)), 4, 0)
+  else:
+    taps = [conv(kernels[j]).reshape((n, t_out, h, w, c)) for j in range(kt)]
+  # Tap j of output frame q fed padded input frame q + j d_t.
+  x_pad = sum(jnp.pad(taps[j], ((0, 0), (j * dt, (kt - 1 - j) * dt), (0, 0), (0, 0),
+                                (0, 0))) for j in range(kt))
+  return lax.slice_in_dim(x_pad, lo, lo + t, axis=1), grad_rhs
+
+
+_time_taps.defvjp(_time_taps_fwd, _time_taps_bwd)
 
 
 def _in_pieces(lhs, rhs, strides, padding, rhs_dilation, dn, precision):
