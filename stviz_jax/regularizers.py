@@ -35,16 +35,49 @@ def local_energy(x: jax.Array, alpha: float) -> jax.Array:
                  axis=(-3, -2, -1))
 
 
+@jax.custom_jvp
 def total_variation(x: jax.Array, kappa: float | jax.Array,
                     gamma: float | jax.Array) -> jax.Array:
-  """R_TV(x; kappa, gamma) with forward differences (valid region only)."""
-  dx = jnp.diff(x, axis=_W)
-  dy = jnp.diff(x, axis=_H)
-  spatial = jnp.sum(jnp.square(dx), axis=(-4, -3, -2, -1)) + jnp.sum(
-      jnp.square(dy), axis=(-4, -3, -2, -1))
-  dt = jnp.diff(x, axis=_T)
-  temporal = jnp.sum(jnp.square(dt), axis=(-4, -3, -2, -1))
+  """R_TV(x; kappa, gamma) with forward differences (valid region only).
+
+  Its derivative is written out (`_total_variation_jvp`): the gradient of a
+  sum of squared differences, 2 D^T D x, is one element-wise pass over x,
+  where the derivative JAX derives materialises every shifted slice of x and
+  ran as an 8-input fusion (I3D at 16 x 112 x 112: ~6 % of a step).
+  """
+  spatial, temporal, _, _ = _variation_and_gradients(x)
   return kappa * spatial + gamma * temporal
+
+
+def _variation_and_gradients(x):
+  """sum (grad_x x)^2 + (grad_y x)^2, sum (grad_t x)^2 and their gradients in x."""
+  axes = (-4, -3, -2, -1)
+  dx, dy, dt = (jnp.diff(x, axis=a) for a in (_W, _H, _T))
+  spatial = jnp.sum(jnp.square(dx), axis=axes) + jnp.sum(jnp.square(dy), axis=axes)
+  temporal = jnp.sum(jnp.square(dt), axis=axes)
+  return (spatial, temporal, _difference_adjoint(dx, _W) + _difference_adjoint(dy, _H),
+          _difference_adjoint(dt, _T))
+
+
+def _difference_adjoint(d, axis):
+  """d/dx of sum d^2 for d = diff(x, axis): 2 (d[i - 1] - d[i]), zero beyond the ends."""
+  widths = [(0, 0)] * d.ndim
+  widths[axis] = (1, 0)
+  before = jnp.pad(d, widths)
+  widths[axis] = (0, 1)
+  return 2 * (before - jnp.pad(d, widths))
+
+
+@total_variation.defjvp
+def _total_variation_jvp(primals, tangents):
+  x, kappa, gamma = primals
+  tx, tkappa, tgamma = tangents
+  spatial, temporal, grad_spatial, grad_temporal = _variation_and_gradients(x)
+  per_pixel = lambda w: jnp.reshape(w, jnp.shape(w) + (1,) * 4)  # over (T, H, W, C)
+  grad = per_pixel(kappa) * grad_spatial + per_pixel(gamma) * grad_temporal
+  value = kappa * spatial + gamma * temporal
+  return value, (jnp.sum(grad * tx, axis=(-4, -3, -2, -1)) + tkappa * spatial
+                 + tgamma * temporal)
 
 
 def project_to_ball(x: jax.Array, bound: float | jax.Array) -> jax.Array:

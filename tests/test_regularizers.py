@@ -35,6 +35,41 @@ def test_total_variation_gradient_matches_finite_differences():
   _finite_difference_check(lambda v: regularizers.total_variation(v, 1.3, 0.7), x)
 
 
+def _plain_total_variation(x, kappa, gamma):
+  """R_TV as JAX differentiates it itself (the reference for the written-out derivative)."""
+  axes = (-4, -3, -2, -1)
+  spatial = (jnp.sum(jnp.diff(x, axis=-2) ** 2, axis=axes)
+             + jnp.sum(jnp.diff(x, axis=-3) ** 2, axis=axes))
+  return kappa * spatial + gamma * jnp.sum(jnp.diff(x, axis=-4) ** 2, axis=axes)
+
+
+def test_total_variation_derivatives_equal_jaxs_own():
+  """The written-out derivative: gradients in x, kappa and gamma, vmapped and
+  with per-clip weights, forward mode and a Hessian-vector product, all equal
+  to JAX's derivatives of the plain formula."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(3, 4, 5, 6, 2)), jnp.float32)
+  kappa, gamma = jnp.array([0.5, 1.0, 2.0]), jnp.array([3.0, 0.0, 1.5])
+  got = jax.grad(lambda v, k, g: jnp.sum(regularizers.total_variation(v, k, g) ** 2),
+                 argnums=(0, 1, 2))(x, kappa, gamma)
+  want = jax.grad(lambda v, k, g: jnp.sum(_plain_total_variation(v, k, g) ** 2),
+                  argnums=(0, 1, 2))(x, kappa, gamma)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)
+  vmapped = jax.grad(lambda v: jnp.sum(jax.jit(jax.vmap(regularizers.total_variation))(
+      v, kappa, gamma)))(x)
+  np.testing.assert_allclose(vmapped, jax.grad(lambda v: jnp.sum(
+      _plain_total_variation(v, kappa, gamma)))(x), rtol=1e-5, atol=1e-4)
+  t = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  np.testing.assert_allclose(
+      jax.jvp(lambda v: regularizers.total_variation(v, 1.3, 0.7), (x,), (t,))[1],
+      jax.jvp(lambda v: _plain_total_variation(v, 1.3, 0.7), (x,), (t,))[1],
+      rtol=1e-5, atol=1e-3)  # float32 sums of ~700 terms of order 1
+  hvp = lambda f: jax.jvp(jax.grad(lambda v: jnp.sum(f(v, 1.3, 0.7))), (x,), (t,))[1]
+  np.testing.assert_allclose(hvp(regularizers.total_variation),
+                             hvp(_plain_total_variation), rtol=1e-5, atol=1e-4)
+
+
 def test_penalty_gradient_matches_finite_differences():
   w = regularizers.StreamWeights(bound=2.0, energy_norm=2.0, alpha=3.0, v=0.3,
                                  kappa=1.0, gamma=5.0, tv_factor=10.0)
