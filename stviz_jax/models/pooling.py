@@ -151,10 +151,6 @@ def _indexed_max_pool(spatial, kernel, stride, padding):
   def pool(x):
     return forward(x)[0]
 
-  def pool_fwd(x):
-    y, code = forward(x)
-    return y, code
-
   # The gradient gathers: padded input i = b s + r (per axis: block b, phase r)
   # receives g[b - m] where that output's maximum sat at window position
   # j = r + m s. Per phase that is a sum of shifted slices of g and the code,
@@ -184,5 +180,5 @@ def _indexed_max_pool(spatial, kernel, stride, padding):
     crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(padding, spatial))
     return (y[(slice(None),) + crop + (slice(None),)],)
 
-  pool.defvjp(pool_fwd, pool_bwd)
+  pool.defvjp(forward, pool_bwd)  # the residual: the window codes
   return pool
