@@ -31,8 +31,10 @@ for the backward pass), compilations.
   python benchmarks/speed_video.py --net=i3d [--frames=16 --size=112]
 
 `--ablate=space_to_depth` also compiles stviz_jax with that CPU rewrite off
-(`models.conv.space_to_depth(False)`) and times it in the same rounds: what
-the lever buys, as a ratio within one run.
+(`models.conv.space_to_depth(False)`), `--ablate=cpu_compiler_options` with
+XLA:CPU's default options (YNNPACK fusions on, `conv.CPU_COMPILER_OPTIONS`
+not applied), and times it in the same rounds: what the lever buys, as a
+ratio within one run.
 """
 
 import argparse
@@ -42,18 +44,26 @@ import platform
 import resource
 import sys
 import time
+from unittest import mock
 
 import jax
 import numpy as np
 
 import stviz_jax as sv
-from stviz_jax import chunks
+from stviz_jax import chunks, optimize
+from stviz_jax.models import conv
 from common import matmul_peak
 
 # net: (registry name, target layer, default frames, default size, factory arguments).
 WORKLOADS = {
     "vgg16_fusion": ("vgg16_fusion", "conv5_fusion", 3, 112, {"flow_stack": 10}),
     "i3d": ("i3d", "Mixed_4f", 16, 112, {"streams": ("rgb",)}),
+}
+# --ablate: each lever's "off" context, entered while the ablated run compiles.
+LEVERS = {
+    "space_to_depth": lambda: conv.space_to_depth(False),
+    "cpu_compiler_options": lambda: mock.patch.object(optimize, "compiler_options",
+                                                      lambda: None),
 }
 CHECK_TOL = 1e-4  # max relative difference of the target activations, PyTorch vs Flax.
 
@@ -98,7 +108,7 @@ def main():
   p.add_argument("--seed", type=int, default=0, help="weights and inputs")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--no-torch", action="store_true")
-  p.add_argument("--ablate", default="", choices=["", "space_to_depth"],
+  p.add_argument("--ablate", default="", choices=["", *LEVERS],
                  help="also time stviz_jax compiled with this CPU rewrite off, in the "
                       "same rounds (key stviz_jax_no_<lever>)")
   args = p.parse_args()
@@ -124,9 +134,8 @@ def main():
   one_unit_mem = chunks.element_memory_bytes(vis)
   ablated = None
   if args.ablate:
-    from stviz_jax.models import conv
-    ablated = sv.Visualizer(model, layer, config)
-    with getattr(conv, args.ablate)(False):  # the rewrites apply at trace time
+    with LEVERS[args.ablate]():  # levers apply at trace (and jit) time
+      ablated = sv.Visualizer(model, layer, config)
       ablated.run(units, chunk_size=args.units, log_progress=False)
       ablated_mem = chunks.marginal_element_memory_bytes(ablated)
 

@@ -16,6 +16,7 @@ import pytest
 from jax import lax
 
 import stviz_jax as sv
+from stviz_jax import optimize
 from stviz_jax.models import conv, layers
 
 DIMENSION_NUMBERS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"),
@@ -146,24 +147,6 @@ def test_space_to_depth_switch_keeps_jax_rule():
   _rewritten_and_jax_gradients(x[:1], w, 2, "SAME", 1)
 
 
-@pytest.mark.parametrize("nd,stride", [(2, 1), (3, 1), (2, 2)])
-def test_batch_in_pieces_equals_jax(monkeypatch, nd, stride):
-  """Rewrite 4: a batch whose outputs exceed PIECE_BYTES runs as several
-  convolutions of a few images each (forward and input gradient), with
-  JAX's values and gradients; a small batch stays one call."""
-  x, w = _random_conv(3, (4, 9, 10), nd, 3, 5)
-  x = jnp.concatenate([x, 2 * x, -x], axis=0)  # batch 6
-  monkeypatch.setattr(conv, "PIECE_BYTES", 1)  # one image a piece
-  pieces = _rewritten_and_jax_gradients(x, w, stride, "SAME", 1)
-  monkeypatch.setattr(conv, "PIECE_BYTES", 2**30)
-  whole = _rewritten_and_jax_gradients(x, w, stride, "SAME", 1)
-  # (3-D convolutions also concatenate their time taps, pieces or not.)
-  assert pieces.count("concatenate") > whole.count("concatenate")
-  # The forward and the input gradient each become (at least) one call per image.
-  calls = lambda jaxpr: jaxpr.count("conv_general_dilated[")
-  assert calls(pieces) >= calls(whole) + 2 * (x.shape[0] - 1), (calls(pieces), calls(whole))
-
-
 def test_dilated_strided_and_grouped_keep_jax_rule():
   x = jnp.ones((1, 9, 9, 4))
   with conv.cpu_rewrites():
@@ -200,6 +183,15 @@ def test_visualizer_step_has_no_transposed_kernel_convs():
   assert all("io->" in label for label in labels), labels
   # The 3x3x3 flow and fusion layers run as 2-D convolutions over time taps.
   assert not any(label.startswith("b012f") for label in labels), labels
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the option is XLA:CPU's")
+def test_visualizer_step_compiles_without_ynn_fusions():
+  """The step compiles with `conv.CPU_COMPILER_OPTIONS` (where this XLA knows
+  them): its convolutions are XLA's own thunks, none a YNNPACK fusion."""
+  assert optimize.compiler_options() is not None, "this XLA rejected the options"
+  hlo = _compiled_step_hlo(sv.models.load("tiny_two_stream"), "fusion")
+  assert "convolution(" in hlo and "ynn" not in hlo.lower()
 
 
 # --- computing only the target channel -------------------------------------

@@ -1,6 +1,6 @@
 """Convolutions rewritten into the forms XLA:CPU runs fast.
 
-Four rewrites, active only inside `cpu_rewrites()` (the `Visualizer` enters it
+Three rewrites, active only inside `cpu_rewrites()` (the `Visualizer` enters it
 around its steps on CPU):
 
 1. The input gradient as a forward convolution. JAX differentiates
@@ -28,10 +28,14 @@ around its steps on CPU):
    takes rewrites 1 and 2 (kernels at least as long as the stride; shorter
    ones would multiply zeros). Its input gradient is then forward 2-D
    convolutions plus a reshape, instead of JAX's input-dilated rule.
-4. Batches in pieces: each of these convolutions (forward and input gradient)
-   runs over slices of its batch whose outputs have about `PIECE_BYTES`,
-   concatenated: the library kernels lose 2-2.5x once one call's output
-   outgrows the caches.
+Programs using them compile with `CPU_COMPILER_OPTIONS`: XLA:CPU's YNNPACK
+fusions off, so its convolutions run on its Eigen kernels, which measured
+1.2-1.6x faster on these layers (one 3x3 64 -> 192 convolution over 32
+frames of 28 x 28: 22 against 34 ms; the I3D step of
+`benchmarks/speed_video.py` 1.18x, the VGG-16 fusion step 1.27x). YNNPACK's
+kernels also slow down 2-2.5x per image once one call's output outgrows the
+caches, which a fourth rewrite (batches in pieces of 1 MiB outputs) used to
+work around; Eigen's do not.
 
 Every kernel these rewrites derive from the weights (flipped, transposed,
 regrouped) passes an optimisation barrier (`_invariant`), so XLA builds it
@@ -62,12 +66,9 @@ _SPACE_TO_DEPTH = contextvars.ContextVar("stviz_space_to_depth", default=True)
 # Strided 3-D convolutions with fewer input channels than this take rewrite 3
 # (more channels: the phases of `_strided_input_grad` are fast already).
 SPACE_TO_DEPTH_MAX_CHANNELS = 16
-# Rewrite 4: a convolution runs over pieces of the batch whose outputs have
-# about this many bytes. XLA:CPU's library convolutions slow down 2-2.5x per
-# image once an output outgrows the caches (I3D's stem, 32 frames of
-# 56 x 56 x 64: 86 ms in one call, 35 ms as 32 calls of one frame; the whole
-# I3D step of `benchmarks/speed_video.py` 1.37x faster with 1 MiB pieces).
-PIECE_BYTES = 2**20
+# XLA:CPU compile options for programs using the rewrites (module docstring).
+# An empty list of YNN fusion types switches them all off.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 # Rewrite 2: the input gradient of a 3-D convolution over frames of at least
 # this many pixels is one 2-D convolution for all time taps (`_time_taps_bwd`).
 TAPS_TOGETHER_MIN_PIXELS = 28 * 28
@@ -196,7 +197,7 @@ def _stride1_conv(lhs, rhs, padding, precision):
   nd = lhs.ndim - 2
   if nd == 3 and rhs.shape[0] > 1:
     return _conv3d_as_2d(lhs, rhs, padding, (1, 1, 1), precision)
-  return _in_pieces(lhs, rhs, (1,) * nd, padding, (1,) * nd, _channels_last(nd), precision)
+  return _plain(lhs, rhs, (1,) * nd, padding, (1,) * nd, _channels_last(nd), precision)
 
 
 def _conv3d_as_2d(lhs, rhs, padding, rhs_dilation, precision):
@@ -219,7 +220,7 @@ def _time_taps_forward(lhs, rhs, padding, rhs_dilation, precision):
   out = None
   for j in range(kt):
     frames = lax.slice_in_dim(x, j * dt, j * dt + t_out, axis=1)
-    y = _in_pieces(frames.reshape((n * t_out, h, w, c)), rhs[j], (1, 1), spatial_pad,
+    y = _plain(frames.reshape((n * t_out, h, w, c)), rhs[j], (1, 1), spatial_pad,
                    rhs_dilation[1:], _channels_last(2), precision)
     out = y if out is None else out + y
   return out.reshape((n, t_out) + out.shape[1:])
@@ -254,7 +255,7 @@ def _time_taps_bwd(padding, rhs_dilation, precision, res, g):
   # (k_t, k_h, k_w, C, O) -> flipped in space, input and output exchanged.
   kernels = jnp.swapaxes(lax.rev(rhs, (1, 2)), -1, -2)
   frames = g.reshape((n * t_out,) + g.shape[2:])
-  conv = lambda kernel: _in_pieces(frames, _invariant(kernel), (1, 1), pads,
+  conv = lambda kernel: _plain(frames, _invariant(kernel), (1, 1), pads,
                                    rhs_dilation[1:], _channels_last(2), precision)
   if h * w >= TAPS_TOGETHER_MIN_PIXELS:
     z = conv(jnp.moveaxis(kernels, 0, 3).reshape(rhs.shape[1:3] + (rhs.shape[-1], kt * c)))
@@ -270,24 +271,15 @@ def _time_taps_bwd(padding, rhs_dilation, precision, res, g):
 _time_taps.defvjp(_time_taps_fwd, _time_taps_bwd)
 
 
-def _in_pieces(lhs, rhs, strides, padding, rhs_dilation, dn, precision):
-  """`lax.conv_general_dilated` (no input dilation, one group) over pieces of
-  the batch whose outputs have about `PIECE_BYTES` (rewrite 4)."""
-  conv = lambda x: lax.conv_general_dilated(x, rhs, strides, padding, None, rhs_dilation,
-                                            dn, precision=precision)
-  axis, n = dn.lhs_spec[0], lhs.shape[dn.lhs_spec[0]]
-  out = jax.eval_shape(conv, lax.slice_in_dim(lhs, 0, 1, axis=axis))
-  per_image = out.size * out.dtype.itemsize
-  piece = max(1, PIECE_BYTES // max(per_image, 1))  # an empty output: one call
-  if piece >= n:
-    return conv(lhs)
-  return jnp.concatenate([conv(lax.slice_in_dim(lhs, i, min(i + piece, n), axis=axis))
-                          for i in range(0, n, piece)], axis=dn.out_spec[0])
+def _plain(lhs, rhs, strides, padding, rhs_dilation, dn, precision):
+  """`lax.conv_general_dilated` without input dilation and groups."""
+  return lax.conv_general_dilated(lhs, rhs, strides, padding, None, rhs_dilation, dn,
+                                  precision=precision)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
 def _conv(lhs, rhs, strides, padding, rhs_dilation, dn, precision):
-  return _in_pieces(lhs, rhs, strides, padding, rhs_dilation, dn, precision)
+  return _plain(lhs, rhs, strides, padding, rhs_dilation, dn, precision)
 
 
 def _conv_fwd(lhs, rhs, strides, padding, rhs_dilation, dn, precision):
@@ -296,8 +288,7 @@ def _conv_fwd(lhs, rhs, strides, padding, rhs_dilation, dn, precision):
 
 def _conv_bwd(strides, padding, rhs_dilation, dn, precision, res, g):
   lhs, rhs = res
-  conv = lambda x, w: lax.conv_general_dilated(x, w, strides, padding, None, rhs_dilation,
-                                               dn, precision=precision)
+  conv = lambda x, w: _plain(x, w, strides, padding, rhs_dilation, dn, precision)
   grad_rhs = jax.vjp(lambda w: conv(lhs, w), rhs)[1](g)[0]  # JAX's rule
   spatial_in = [lhs.shape[i] for i in dn.lhs_spec[2:]]
   if all(s == 1 for s in strides):
@@ -308,7 +299,7 @@ def _conv_bwd(strides, padding, rhs_dilation, dn, precision, res, g):
     spatial_out = [g.shape[i] for i in dn.out_spec[2:]]
     pads = _input_grad_padding(spatial_in, window, strides, spatial_out, padding,
                                rhs_dilation)
-    return _in_pieces(g, kernel, strides, pads, rhs_dilation, dn, precision), grad_rhs
+    return _plain(g, kernel, strides, pads, rhs_dilation, dn, precision), grad_rhs
   # A 3-D input of few channels (I3D's RGB clip) reaches here only with
   # space-to-depth off or a kernel shorter than the stride, and keeps JAX's
   # rule: its phases are dozens of 2-D convolutions with 3 output channels,
