@@ -221,7 +221,7 @@ def _time_taps_forward(lhs, rhs, padding, rhs_dilation, precision):
   for j in range(kt):
     frames = lax.slice_in_dim(x, j * dt, j * dt + t_out, axis=1)
     y = _plain(frames.reshape((n * t_out, h, w, c)), rhs[j], (1, 1), spatial_pad,
-                   rhs_dilation[1:], _channels_last(2), precision)
+               rhs_dilation[1:], _channels_last(2), precision)
     out = y if out is None else out + y
   return out.reshape((n, t_out) + out.shape[1:])
 
@@ -256,7 +256,7 @@ def _time_taps_bwd(padding, rhs_dilation, precision, res, g):
   kernels = jnp.swapaxes(lax.rev(rhs, (1, 2)), -1, -2)
   frames = g.reshape((n * t_out,) + g.shape[2:])
   conv = lambda kernel: _plain(frames, _invariant(kernel), (1, 1), pads,
-                                   rhs_dilation[1:], _channels_last(2), precision)
+                               rhs_dilation[1:], _channels_last(2), precision)
   if h * w >= TAPS_TOGETHER_MIN_PIXELS:
     z = conv(jnp.moveaxis(kernels, 0, 3).reshape(rhs.shape[1:3] + (rhs.shape[-1], kt * c)))
     taps = jnp.moveaxis(z.reshape((n, t_out, h, w, kt, c)), 4, 0)
