@@ -50,7 +50,7 @@ import jax
 import numpy as np
 
 import stviz_jax as sv
-from stviz_jax import chunks, optimize
+from stviz_jax import chunks
 from stviz_jax.models import conv
 from common import matmul_peak
 
@@ -62,7 +62,7 @@ WORKLOADS = {
 # --ablate: each lever's "off" context, entered while the ablated run compiles.
 LEVERS = {
     "space_to_depth": lambda: conv.space_to_depth(False),
-    "cpu_compiler_options": lambda: mock.patch.object(optimize, "compiler_options",
+    "cpu_compiler_options": lambda: mock.patch.object(conv, "compiler_options",
                                                       lambda: None),
 }
 CHECK_TOL = 1e-4  # max relative difference of the target activations, PyTorch vs Flax.

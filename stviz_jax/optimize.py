@@ -72,27 +72,6 @@ def _cpu_rewrites():
   return conv_lib.cpu_rewrites(jax.default_backend() == "cpu")
 
 
-@functools.lru_cache(maxsize=None)
-def _accepted_cpu_options() -> tuple | None:
-  """`conv.CPU_COMPILER_OPTIONS` if this XLA compiles with them, else None (an
-  XLA that dropped a debug option rejects it; the step then compiles as is)."""
-  options = dict(conv_lib.CPU_COMPILER_OPTIONS)
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=options).lower(np.float32(0)).compile()
-  except Exception:  # XLA's error type for an unknown option varies by version.
-    return None
-  return tuple(sorted(options.items()))
-
-
-def compiler_options() -> dict | None:
-  """XLA options of the optimisation's programs: on CPU those the rewrites were
-  measured with (`conv.CPU_COMPILER_OPTIONS`), elsewhere none."""
-  if jax.default_backend() != "cpu":
-    return None
-  accepted = _accepted_cpu_options()
-  return dict(accepted) if accepted else None
-
-
 def with_compute_dtype(apply, dtype: str):
   """`apply` running in `dtype` (weights and inputs cast), returning float32.
 
@@ -145,7 +124,7 @@ class Compiled:
                steps_axis: int):
     self.vis, self.start, self.step, self.finish = vis, start, step, finish
     self.steps_axis = steps_axis
-    options = compiler_options()
+    options = conv_lib.compiler_options()
     self.start_j = jax.jit(start)
     self.segment_j = jax.jit(self.segment, donate_argnums=(1,), compiler_options=options)
     self.step_j = jax.jit(self._traced_step, donate_argnums=(1,), compiler_options=options)

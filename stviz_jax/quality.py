@@ -218,7 +218,13 @@ def apply_transform(inputs: Mapping[str, jax.Array], side, top, left, flip, roll
   return out
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@functools.cache
+def _compiled_responses():
+  """`_responses` jitted (`apply` and `layer` static) with the options the
+  convolution rewrites are measured with (`conv.compiler_options`)."""
+  return jax.jit(_responses, static_argnums=(0, 1), compiler_options=conv.compiler_options())
+
+
 def _responses(apply, layer: str, variables, inputs, units, ts):
   """`(N, U)` responses (and `(N, U)` class ranks for 'logits') under N transforms.
 
@@ -275,8 +281,8 @@ def robustness(model: Model, layer: str, inputs: Mapping[str, np.ndarray],
   per_call = max(1, _CLIPS_PER_CALL // len(units_j))
   pad = -n % per_call
   params = tuple(np.concatenate([p, np.repeat(p[:1], pad)]) for p in params)
-  outs = [_responses(model.apply, layer, model.variables, inputs, units_j,
-                     tuple(jnp.asarray(p[i:i + per_call]) for p in params))
+  outs = [_compiled_responses()(model.apply, layer, model.variables, inputs, units_j,
+                                tuple(jnp.asarray(p[i:i + per_call]) for p in params))
           for i in range(0, n + pad, per_call)]
   resp, rank = (np.concatenate([np.asarray(o[k]) for o in outs])[:n].T for k in range(2))
   base = resp[:, 0]

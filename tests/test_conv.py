@@ -16,7 +16,6 @@ import pytest
 from jax import lax
 
 import stviz_jax as sv
-from stviz_jax import optimize
 from stviz_jax.models import conv, layers
 
 DIMENSION_NUMBERS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"),
@@ -186,12 +185,28 @@ def test_visualizer_step_has_no_transposed_kernel_convs():
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the option is XLA:CPU's")
-def test_visualizer_step_compiles_without_ynn_fusions():
-  """The step compiles with `conv.CPU_COMPILER_OPTIONS` (where this XLA knows
-  them): its convolutions are XLA's own thunks, none a YNNPACK fusion."""
-  assert optimize.compiler_options() is not None, "this XLA rejected the options"
-  hlo = _compiled_step_hlo(sv.models.load("tiny_two_stream"), "fusion")
-  assert "convolution(" in hlo and "ynn" not in hlo.lower()
+def test_visualizer_step_compiles_with_cpu_compiler_options(monkeypatch):
+  """The step compiles with `conv.compiler_options()`, on CPU
+  `CPU_COMPILER_OPTIONS` (this XLA accepts them): no YNNPACK fusion. That the
+  options reach the step's compilation shows in an option XLA rejects."""
+  assert conv.compiler_options() == conv.CPU_COMPILER_OPTIONS
+  model = sv.models.load("tiny_two_stream")
+  hlo = _compiled_step_hlo(model, "fusion")
+  assert "convolution(" in hlo and "ynn_fusion" not in hlo
+  monkeypatch.setattr(conv, "compiler_options", lambda: {"xla_cpu_no_such_option": ""})
+  with pytest.raises(Exception, match="xla_cpu_no_such_option"):
+    _compiled_step_hlo(model, "fusion")
+
+
+def test_unknown_compiler_options_fall_back_to_none(monkeypatch):
+  """An XLA that no longer knows an option compiles the step without them."""
+  monkeypatch.setattr(conv, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": ""})
+  conv._accepted_cpu_options.cache_clear()
+  try:
+    assert conv.compiler_options() is None
+  finally:
+    monkeypatch.undo()
+    conv._accepted_cpu_options.cache_clear()
 
 
 # --- computing only the target channel -------------------------------------

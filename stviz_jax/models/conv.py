@@ -28,9 +28,9 @@ around its steps on CPU):
    takes rewrites 1 and 2 (kernels at least as long as the stride; shorter
    ones would multiply zeros). Its input gradient is then forward 2-D
    convolutions plus a reshape, instead of JAX's input-dilated rule.
-Programs using them compile with `CPU_COMPILER_OPTIONS`: XLA:CPU's YNNPACK
-fusions off, so its convolutions run on its Eigen kernels, which measured
-1.2-1.6x faster on these layers (one 3x3 64 -> 192 convolution over 32
+Programs using them compile with `compiler_options()` (on CPU
+`CPU_COMPILER_OPTIONS`: XLA:CPU's YNNPACK fusions off), so convolutions run
+on XLA's Eigen kernels, which measured 1.2-1.6x faster on these layers (one 3x3 64 -> 192 convolution over 32
 frames of 28 x 28: 22 against 34 ms; the I3D step of
 `benchmarks/speed_video.py` 1.18x, the VGG-16 fusion step 1.27x). YNNPACK's
 kernels also slow down 2-2.5x per image once one call's output outgrows the
@@ -58,6 +58,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _ACTIVE = contextvars.ContextVar("stviz_cpu_rewrites", default=False)
@@ -91,6 +92,28 @@ def cpu_rewrites(active: bool = True):
 def space_to_depth(active: bool = True):
   """Within this context (at trace time), rewrite 3 (module docstring) is on or off."""
   return _setting(_SPACE_TO_DEPTH, active)
+
+
+@functools.lru_cache(maxsize=None)
+def _accepted_cpu_options() -> tuple | None:
+  """`CPU_COMPILER_OPTIONS` if this XLA compiles with them, else None (an
+  XLA that dropped a debug option rejects it; the step then compiles as is)."""
+  options = dict(CPU_COMPILER_OPTIONS)
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=options).lower(np.float32(0)).compile()
+  except Exception:  # XLA's error type for an unknown option varies by version.
+    return None
+  return tuple(sorted(options.items()))
+
+
+def compiler_options() -> dict | None:
+  """XLA options for programs using the rewrites (the `Visualizer`'s step, the
+  quality check): on CPU those they were measured with (`CPU_COMPILER_OPTIONS`),
+  elsewhere none."""
+  if jax.default_backend() != "cpu":
+    return None
+  accepted = _accepted_cpu_options()
+  return dict(accepted) if accepted else None
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
