@@ -109,7 +109,7 @@ def main():
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--no-torch", action="store_true")
   p.add_argument("--ablate", default="", choices=["", *LEVERS],
-                 help="also time stviz_jax compiled with this CPU rewrite off, in the "
+                 help="also time stviz_jax compiled with this CPU lever off, in the "
                       "same rounds (key stviz_jax_no_<lever>)")
   args = p.parse_args()
   threads = os.cpu_count() or 1

@@ -201,12 +201,12 @@ def test_visualizer_step_compiles_with_cpu_compiler_options(monkeypatch):
 def test_unknown_compiler_options_fall_back_to_none(monkeypatch):
   """An XLA that no longer knows an option compiles the step without them."""
   monkeypatch.setattr(conv, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": ""})
-  conv._accepted_cpu_options.cache_clear()
+  conv._cpu_options_accepted.cache_clear()
   try:
     assert conv.compiler_options() is None
   finally:
     monkeypatch.undo()
-    conv._accepted_cpu_options.cache_clear()
+    conv._cpu_options_accepted.cache_clear()
 
 
 # --- computing only the target channel -------------------------------------

@@ -94,26 +94,25 @@ def space_to_depth(active: bool = True):
   return _setting(_SPACE_TO_DEPTH, active)
 
 
-@functools.lru_cache(maxsize=None)
-def _accepted_cpu_options() -> tuple | None:
-  """`CPU_COMPILER_OPTIONS` if this XLA compiles with them, else None (an
-  XLA that dropped a debug option rejects it; the step then compiles as is)."""
-  options = dict(CPU_COMPILER_OPTIONS)
+@functools.cache
+def _cpu_options_accepted() -> bool:
+  """Whether this XLA compiles with `CPU_COMPILER_OPTIONS` (an XLA that dropped
+  a debug option rejects it; the programs then compile as they are)."""
   try:
-    jax.jit(lambda x: x + 1, compiler_options=options).lower(np.float32(0)).compile()
+    jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(
+        np.float32(0)).compile()
   except Exception:  # XLA's error type for an unknown option varies by version.
-    return None
-  return tuple(sorted(options.items()))
+    return False
+  return True
 
 
 def compiler_options() -> dict | None:
   """XLA options for programs using the rewrites (the `Visualizer`'s step, the
   quality check): on CPU those they were measured with (`CPU_COMPILER_OPTIONS`),
   elsewhere none."""
-  if jax.default_backend() != "cpu":
+  if jax.default_backend() != "cpu" or not _cpu_options_accepted():
     return None
-  accepted = _accepted_cpu_options()
-  return dict(accepted) if accepted else None
+  return dict(CPU_COMPILER_OPTIONS)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
